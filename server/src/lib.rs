@@ -1,0 +1,12 @@
+//! The wardlink server library: configuration, TLS, HTTP/WebSocket shell, room registry and
+//! the SFU media plane. `main.rs` is a thin CLI over this.
+
+pub mod config;
+pub mod http;
+pub mod keys;
+pub mod links;
+pub mod media;
+pub mod rooms;
+pub mod server;
+pub mod session;
+pub mod tls;

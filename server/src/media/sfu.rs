@@ -1,0 +1,1143 @@
+//! The SFU core: every peer connection of the server, as one sans-I/O state machine.
+//!
+//! [`Sfu`] takes datagrams, room commands and timeouts, each with an [`Instant`], and
+//! produces datagrams to send ([`Sfu::poll_transmit`]) and events for the rooms (sent
+//! on each participant's event channel). It never touches a socket, so the event loop
+//! in `media/mod.rs` stays a thin shell and this logic can be driven in tests.
+//!
+//! Media is forwarded inside the same call that received it: no task hop, no lock, no
+//! queue between publisher and subscriber other than each subscriber's bounded outbox.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::mpsc::UnboundedSender;
+use wardlink_signaling::protocol::{MediaKind, ParticipantId, PcKind, TrackDescription};
+use wardlink_signaling::room::{MediaCommand, MediaEvent, TrackRef};
+use wardlink_signaling::ErrorCode;
+
+use super::codecs;
+use super::demux::{Demux, PeerId};
+use super::forwarder::{DedupWindow, KeyframeThrottle, LegRewriter};
+
+/// Most datagrams queued for one peer connection before new ones are dropped. A dead or
+/// slow subscriber fills only its own outbox; the publisher and the others never wait.
+pub const OUTBOX_LIMIT: usize = 1024;
+
+/// One datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    /// Destination.
+    pub to: SocketAddr,
+    /// Payload.
+    pub payload: BytesMut,
+}
+
+/// Counters for tests, logs and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SfuStats {
+    /// RTP packets written to subscriber legs.
+    pub forwarded: u64,
+    /// Incoming RTP packets dropped as duplicates (RTX copies, probes).
+    pub duplicates: u64,
+    /// Datagrams dropped because a peer's outbox was full.
+    pub outbox_drops: u64,
+    /// Keyframe requests sent to publishers.
+    pub keyframe_requests: u64,
+    /// Peer connections torn down by the connect watchdog.
+    pub connect_timeouts: u64,
+}
+
+/// SFU settings.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// The address advertised in our ICE candidate (public IP or the bound address).
+    pub advertised: SocketAddr,
+    /// How long a peer connection may take to reach `connected`.
+    pub connect_timeout: Duration,
+}
+
+/// A published track as received from one publisher connection.
+struct InboundTrack {
+    kind: MediaKind,
+    receiver_id: RTCRtpReceiverId,
+    ssrc: u32,
+    codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
+    dedup: DedupWindow,
+    keyframes: KeyframeThrottle,
+}
+
+/// One forwarded track on a subscriber connection.
+struct Leg {
+    sender_id: RTCRtpSenderId,
+    track_id: String,
+    mime: String,
+    fmtp: String,
+    rewriter: LegRewriter,
+    /// Payload type resolved from the answer; nothing is sent before that.
+    negotiated: bool,
+}
+
+enum Side {
+    Publisher {
+        /// Keyed by the `rtc` track id that RTP arrives with.
+        tracks: HashMap<String, InboundTrack>,
+    },
+    Subscriber {
+        /// Publisher participant → [audio leg, video leg].
+        legs: HashMap<ParticipantId, [Option<Leg>; 2]>,
+        /// Our sender track id → the publisher track it carries (for keyframe requests).
+        by_track_id: HashMap<String, TrackRef>,
+        /// Counter making every sender track id unique within the connection.
+        next_track: u64,
+        /// An answer has been applied at least once.
+        answered: bool,
+    },
+}
+
+struct Peer {
+    participant: ParticipantId,
+    pc_kind: PcKind,
+    pc: RTCPeerConnection,
+    connected: bool,
+    /// When the connect watchdog fires if not yet connected.
+    connect_deadline: Option<Instant>,
+    outbox: VecDeque<TaggedBytesMut>,
+    side: Side,
+}
+
+/// A participant known to the media plane.
+struct Attachment {
+    events: UnboundedSender<MediaEvent>,
+    publish: Option<PeerId>,
+    subscribe: Option<PeerId>,
+}
+
+fn kind_index(kind: MediaKind) -> usize {
+    match kind {
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1,
+    }
+}
+
+fn kind_name(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
+    }
+}
+
+/// The SFU state machine.
+pub struct Sfu {
+    config: SfuConfig,
+    next_peer: PeerId,
+    peers: HashMap<PeerId, Peer>,
+    demux: Demux,
+    attachments: HashMap<ParticipantId, Attachment>,
+    /// Publisher participant → subscriber connections, per kind.
+    routes: HashMap<ParticipantId, [Vec<PeerId>; 2]>,
+    /// Peers whose outbox is non-empty, in the order they became so.
+    ready: VecDeque<PeerId>,
+    stats: SfuStats,
+}
+
+impl Sfu {
+    /// Creates an SFU with no connections.
+    pub fn new(config: SfuConfig) -> Self {
+        Sfu {
+            config,
+            next_peer: 1,
+            peers: HashMap::new(),
+            demux: Demux::default(),
+            attachments: HashMap::new(),
+            routes: HashMap::new(),
+            ready: VecDeque::new(),
+            stats: SfuStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SfuStats {
+        self.stats
+    }
+
+    /// Number of live peer connections.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Registers a participant and where its [`MediaEvent`]s go.
+    pub fn attach(&mut self, participant: ParticipantId, events: UnboundedSender<MediaEvent>) {
+        self.attachments.insert(
+            participant,
+            Attachment {
+                events,
+                publish: None,
+                subscribe: None,
+            },
+        );
+    }
+
+    /// Applies one command from a room.
+    pub fn handle_command(&mut self, now: Instant, command: MediaCommand) {
+        match command {
+            MediaCommand::Publish { participant, sdp } => self.publish(now, participant, sdp),
+            MediaCommand::Unpublish { participant } => {
+                if let Some(id) = self
+                    .attachments
+                    .get_mut(&participant)
+                    .and_then(|a| a.publish.take())
+                {
+                    self.drop_peer(id);
+                }
+            }
+            MediaCommand::Subscribe {
+                participant,
+                revision,
+                tracks,
+            } => self.subscribe(now, participant, revision, tracks),
+            MediaCommand::SubscribeAnswer { participant, sdp } => {
+                self.subscribe_answer(now, participant, sdp)
+            }
+            MediaCommand::RemoteCandidate {
+                participant,
+                pc,
+                candidate,
+            } => self.remote_candidate(participant, pc, candidate),
+            MediaCommand::Remove { participant } => {
+                if let Some(a) = self.attachments.remove(&participant) {
+                    for id in [a.publish, a.subscribe].into_iter().flatten() {
+                        self.drop_peer(id);
+                    }
+                }
+                self.routes.remove(&participant);
+            }
+        }
+    }
+
+    /// Feeds one received datagram.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) {
+        let Some(id) = self.demux.route(from, payload) else {
+            return;
+        };
+        let local_addr = self.config.advertised;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let result = peer.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(payload),
+        });
+        if let Err(err) = result {
+            // One bad datagram (replay, auth failure, garbage) must not end the session.
+            tracing::debug!(peer = id, %err, "datagram rejected");
+        }
+        self.process_peer(now, id);
+    }
+
+    /// The earliest instant at which [`Sfu::handle_timeout`] must be called.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.peers
+            .values_mut()
+            .flat_map(|p| [p.pc.poll_timeout(), p.connect_deadline])
+            .flatten()
+            .min()
+    }
+
+    /// Drives timers: retransmissions, reports, keep-alives and the connect watchdog.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, p)| p.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*id))
+            .collect();
+        for id in due {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                if let Err(err) = peer.pc.handle_timeout(now) {
+                    tracing::debug!(peer = id, %err, "timeout handling failed");
+                }
+            }
+            self.process_peer(now, id);
+        }
+        let stalled: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.connected && p.connect_deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            self.stats.connect_timeouts += 1;
+            self.fail_peer(id, "the connection did not come up in time");
+        }
+    }
+
+    /// Takes the next datagram to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        while let Some(&id) = self.ready.front() {
+            match self.peers.get_mut(&id).and_then(|p| p.outbox.pop_front()) {
+                Some(msg) => {
+                    return Some(Transmit {
+                        to: msg.transport.peer_addr,
+                        payload: msg.message,
+                    })
+                }
+                None => {
+                    self.ready.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    fn emit(&self, participant: &str, event: MediaEvent) {
+        if let Some(a) = self.attachments.get(participant) {
+            // A closed channel means the room is gone; nothing left to tell.
+            let _ = a.events.send(event);
+        }
+    }
+
+    fn new_pc(&mut self, now: Instant) -> Result<(PeerId, RTCPeerConnection), String> {
+        let id = self.next_peer;
+        self.next_peer += 1;
+        let ufrag = random_token(16);
+        let pwd = random_token(32);
+        let setting_engine = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.clone(), pwd)
+            // The browser is the DTLS client on both connections: the field notes show the
+            // server-as-client handshake stalling under loss.
+            .with_answering_dtls_role(RTCDtlsRole::Server)
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .build();
+        let mut media_engine = codecs::media_engine().map_err(|e| e.to_string())?;
+        let registry = codecs::interceptors(&mut media_engine).map_err(|e| e.to_string())?;
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(setting_engine)
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(|e| e.to_string())?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: self.config.advertised.ip().to_string(),
+                port: self.config.advertised.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(|e| e.to_string())?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(|e| e.to_string())?;
+        pc.add_local_candidate(init).map_err(|e| e.to_string())?;
+        pc.add_local_candidate(RTCIceCandidateInit::default())
+            .map_err(|e| e.to_string())?;
+        self.demux.add_ufrag(ufrag, id);
+        Ok((id, pc))
+    }
+
+    fn insert_peer(
+        &mut self,
+        id: PeerId,
+        participant: &str,
+        pc_kind: PcKind,
+        pc: RTCPeerConnection,
+        side: Side,
+    ) {
+        self.peers.insert(
+            id,
+            Peer {
+                participant: participant.to_string(),
+                pc_kind,
+                pc,
+                connected: false,
+                connect_deadline: None,
+                outbox: VecDeque::new(),
+                side,
+            },
+        );
+    }
+
+    fn publish(&mut self, now: Instant, participant: ParticipantId, sdp: String) {
+        let Some(existing) = self.attachments.get(&participant).map(|a| a.publish) else {
+            return;
+        };
+        let fail = |sfu: &mut Sfu, message: String| {
+            sfu.emit(
+                &participant,
+                MediaEvent::NegotiationFailed {
+                    participant: participant.clone(),
+                    pc: PcKind::Publish,
+                    code: ErrorCode::InvalidSdp,
+                    message,
+                },
+            );
+        };
+        let offer = match RTCSessionDescription::offer(sdp) {
+            Ok(o) => o,
+            Err(e) => return fail(self, format!("invalid offer: {e}")),
+        };
+        let id = match existing {
+            Some(id) => id,
+            None => match self.new_pc(now) {
+                Ok((id, pc)) => {
+                    self.insert_peer(
+                        id,
+                        &participant,
+                        PcKind::Publish,
+                        pc,
+                        Side::Publisher {
+                            tracks: HashMap::new(),
+                        },
+                    );
+                    if let Some(a) = self.attachments.get_mut(&participant) {
+                        a.publish = Some(id);
+                    }
+                    id
+                }
+                Err(e) => return fail(self, format!("could not create the connection: {e}")),
+            },
+        };
+        let timeout = self.config.connect_timeout;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let answer = (|| {
+            peer.pc.set_remote_description(now, offer)?;
+            let answer = peer.pc.create_answer(None)?;
+            peer.pc.set_local_description(now, answer.clone())?;
+            Ok::<_, rtc::shared::error::Error>(answer.sdp)
+        })();
+        match answer {
+            Ok(sdp) => {
+                if !peer.connected && peer.connect_deadline.is_none() {
+                    peer.connect_deadline = Some(now + timeout);
+                }
+                self.emit(
+                    &participant,
+                    MediaEvent::PublishAnswer {
+                        participant: participant.clone(),
+                        sdp,
+                    },
+                );
+                self.process_peer(now, id);
+            }
+            Err(e) => {
+                // A half-applied negotiation leaves the connection unusable; start clean.
+                if existing.is_none() {
+                    if let Some(a) = self.attachments.get_mut(&participant) {
+                        a.publish = None;
+                    }
+                    self.drop_peer(id);
+                }
+                fail(self, format!("the offer could not be negotiated: {e}"));
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        revision: u32,
+        tracks: Vec<TrackRef>,
+    ) {
+        let Some(existing) = self.attachments.get(&participant).map(|a| a.subscribe) else {
+            return;
+        };
+        let id = match existing {
+            Some(id) => id,
+            None => match self.new_pc(now) {
+                Ok((id, pc)) => {
+                    self.insert_peer(
+                        id,
+                        &participant,
+                        PcKind::Subscribe,
+                        pc,
+                        Side::Subscriber {
+                            legs: HashMap::new(),
+                            by_track_id: HashMap::new(),
+                            next_track: 0,
+                            answered: false,
+                        },
+                    );
+                    if let Some(a) = self.attachments.get_mut(&participant) {
+                        a.subscribe = Some(id);
+                    }
+                    id
+                }
+                Err(e) => {
+                    return self.emit(
+                        &participant,
+                        MediaEvent::NegotiationFailed {
+                            participant: participant.clone(),
+                            pc: PcKind::Subscribe,
+                            code: ErrorCode::Internal,
+                            message: format!("could not create the connection: {e}"),
+                        },
+                    )
+                }
+            },
+        };
+
+        // Codecs of the publishers' live tracks, looked up before borrowing the subscriber.
+        let mut sources = Vec::new();
+        for t in &tracks {
+            let codec = self
+                .attachments
+                .get(&t.publisher)
+                .and_then(|a| a.publish)
+                .and_then(|pid| self.peers.get(&pid))
+                .and_then(|p| match &p.side {
+                    Side::Publisher { tracks } => tracks
+                        .values()
+                        .find(|it| it.kind == t.kind)
+                        .map(|it| it.codec.clone()),
+                    Side::Subscriber { .. } => None,
+                });
+            // A track whose publisher vanished meanwhile is left out; the room re-offers.
+            if let Some(codec) = codec {
+                sources.push((t.clone(), codec));
+            }
+        }
+
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Side::Subscriber {
+            legs,
+            by_track_id,
+            next_track,
+            ..
+        } = &mut peer.side
+        else {
+            return;
+        };
+        let mut removed = Vec::new();
+        // Remove legs no longer wanted.
+        for (publisher, slots) in legs.iter_mut() {
+            for (i, slot) in slots.iter_mut().enumerate() {
+                let kind = if i == 0 {
+                    MediaKind::Audio
+                } else {
+                    MediaKind::Video
+                };
+                let keep = sources
+                    .iter()
+                    .any(|(t, _)| &t.publisher == publisher && t.kind == kind);
+                if !keep {
+                    if let Some(leg) = slot.take() {
+                        by_track_id.remove(&leg.track_id);
+                        removed.push((publisher.clone(), kind, leg.sender_id));
+                    }
+                }
+            }
+        }
+        legs.retain(|_, slots| slots.iter().any(Option::is_some));
+        for (_, _, sender_id) in &removed {
+            if let Err(e) = peer.pc.remove_track(*sender_id) {
+                tracing::debug!(%e, "remove_track failed");
+            }
+        }
+        // Add new legs.
+        let mut added = Vec::new();
+        for (t, codec) in sources {
+            let slot =
+                &mut legs.entry(t.publisher.clone()).or_insert([None, None])[kind_index(t.kind)];
+            if slot.is_some() {
+                continue;
+            }
+            *next_track += 1;
+            let track_id = format!("{}-{}-{}", t.publisher, kind_name(t.kind), next_track);
+            let ssrc = rand::random::<u32>() | 1;
+            let rtc_kind = match t.kind {
+                MediaKind::Audio => RtpCodecKind::Audio,
+                MediaKind::Video => RtpCodecKind::Video,
+            };
+            let track = MediaStreamTrack::new(
+                t.publisher.clone(),
+                track_id.clone(),
+                format!("{} {}", t.publisher, kind_name(t.kind)),
+                rtc_kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: codec.clone(),
+                    ..Default::default()
+                }],
+            );
+            match peer.pc.add_track(track) {
+                Ok(sender_id) => {
+                    let step = if t.kind == MediaKind::Audio {
+                        960
+                    } else {
+                        3000
+                    };
+                    *slot = Some(Leg {
+                        sender_id,
+                        track_id: track_id.clone(),
+                        mime: codec.mime_type.clone(),
+                        fmtp: codec.sdp_fmtp_line.clone(),
+                        rewriter: LegRewriter::new(ssrc, 0, step),
+                        negotiated: false,
+                    });
+                    by_track_id.insert(track_id, t.clone());
+                    added.push(t);
+                }
+                Err(e) => tracing::warn!(%e, "add_track failed"),
+            }
+        }
+        let offer = (|| {
+            let offer = peer.pc.create_offer(None)?;
+            peer.pc.set_local_description(now, offer.clone())?;
+            Ok::<_, rtc::shared::error::Error>(offer.sdp)
+        })();
+        for (publisher, kind, _) in removed {
+            if let Some(r) = self.routes.get_mut(&publisher) {
+                r[kind_index(kind)].retain(|p| *p != id);
+            }
+        }
+        for t in &added {
+            let r = self.routes.entry(t.publisher.clone()).or_default();
+            if !r[kind_index(t.kind)].contains(&id) {
+                r[kind_index(t.kind)].push(id);
+            }
+        }
+        match offer {
+            Ok(sdp) => {
+                let tracks = describe_tracks(&sdp);
+                self.emit(
+                    &participant,
+                    MediaEvent::SubscribeOffer {
+                        participant: participant.clone(),
+                        revision,
+                        sdp,
+                        tracks,
+                    },
+                );
+                self.process_peer(now, id);
+            }
+            Err(e) => {
+                self.drop_subscriber(&participant, id);
+                self.emit(
+                    &participant,
+                    MediaEvent::NegotiationFailed {
+                        participant: participant.clone(),
+                        pc: PcKind::Subscribe,
+                        code: ErrorCode::Internal,
+                        message: format!("could not create the subscribe offer: {e}"),
+                    },
+                );
+            }
+        }
+    }
+
+    fn subscribe_answer(&mut self, now: Instant, participant: ParticipantId, sdp: String) {
+        let Some(id) = self.attachments.get(&participant).and_then(|a| a.subscribe) else {
+            return;
+        };
+        let timeout = self.config.connect_timeout;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let applied =
+            RTCSessionDescription::answer(sdp).and_then(|a| peer.pc.set_remote_description(now, a));
+        if let Err(e) = applied {
+            self.drop_subscriber(&participant, id);
+            return self.emit(
+                &participant,
+                MediaEvent::NegotiationFailed {
+                    participant: participant.clone(),
+                    pc: PcKind::Subscribe,
+                    code: ErrorCode::InvalidSdp,
+                    message: format!("the answer could not be applied: {e}"),
+                },
+            );
+        }
+        let connected = peer.connected;
+        let Side::Subscriber { legs, answered, .. } = &mut peer.side else {
+            return;
+        };
+        if !*answered {
+            *answered = true;
+            peer.connect_deadline = Some(now + timeout);
+        }
+        // Resolve each new leg's payload type as negotiated on this connection.
+        let mut new_video_sources = Vec::new();
+        for (publisher, slots) in legs.iter_mut() {
+            for (i, leg) in slots.iter_mut().enumerate() {
+                let Some(leg) = leg else { continue };
+                if leg.negotiated {
+                    continue;
+                }
+                let Some(mut sender) = peer.pc.rtp_sender(leg.sender_id) else {
+                    continue;
+                };
+                let params = sender.get_parameters();
+                let pt = pick_payload_type(&params.rtp_parameters.codecs, &leg.mime, &leg.fmtp);
+                if let Some(pt) = pt {
+                    leg.rewriter.set_payload_type(pt);
+                    leg.negotiated = true;
+                    if i == 1 {
+                        new_video_sources.push(publisher.clone());
+                    }
+                } else {
+                    tracing::warn!(mime = %leg.mime, "subscriber did not accept the codec");
+                }
+            }
+        }
+        // A new subscriber needs a keyframe to start decoding; once connected, ask now.
+        if connected {
+            for publisher in new_video_sources {
+                self.request_keyframe(now, &publisher);
+            }
+        }
+        self.process_peer(now, id);
+    }
+
+    fn remote_candidate(&mut self, participant: ParticipantId, pc: PcKind, candidate: String) {
+        // ICE-lite: the browser's address is learned from its binding requests, so remote
+        // candidates are informative only. mDNS (.local) ones could not be resolved anyway.
+        if candidate.is_empty() || candidate.contains(".local") {
+            return;
+        }
+        let Some(a) = self.attachments.get(&participant) else {
+            return;
+        };
+        let id = match pc {
+            PcKind::Publish => a.publish,
+            PcKind::Subscribe => a.subscribe,
+        };
+        if let Some(peer) = id.and_then(|id| self.peers.get_mut(&id)) {
+            if peer.pc.remote_description().is_some() {
+                let init = RTCIceCandidateInit {
+                    candidate,
+                    ..Default::default()
+                };
+                if let Err(e) = peer.pc.add_remote_candidate(init) {
+                    tracing::debug!(%e, "remote candidate ignored");
+                }
+            }
+        }
+    }
+
+    /// Sends a PLI to the publisher's video stream, at most once per throttle interval.
+    fn request_keyframe(&mut self, now: Instant, publisher: &str) {
+        let Some(pid) = self.attachments.get(publisher).and_then(|a| a.publish) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let Side::Publisher { tracks } = &mut peer.side else {
+            return;
+        };
+        let Some(track) = tracks.values_mut().find(|t| t.kind == MediaKind::Video) else {
+            return;
+        };
+        if !track.keyframes.allow(now) {
+            return;
+        }
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: track.ssrc,
+        };
+        let receiver_id = track.receiver_id;
+        if let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) {
+            match receiver.write_rtcp(now, vec![Box::new(pli)]) {
+                Ok(()) => self.stats.keyframe_requests += 1,
+                Err(e) => tracing::debug!(%e, "PLI not sent"),
+            }
+        }
+        self.process_peer(now, pid);
+    }
+
+    /// Drains a connection's events, inbound media and outbound datagrams.
+    fn process_peer(&mut self, now: Instant, id: PeerId) {
+        let mut failed: Option<String> = None;
+        let mut published = Vec::new();
+        let mut became_connected = false;
+        let mut inbound: Vec<(String, rtc::rtp::Packet)> = Vec::new();
+        let mut keyframe_wanted = Vec::new();
+        {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                return;
+            };
+            while let Some(event) = peer.pc.poll_event() {
+                match event {
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                        RTCPeerConnectionState::Connected => {
+                            if !peer.connected {
+                                peer.connected = true;
+                                peer.connect_deadline = None;
+                                became_connected = true;
+                            }
+                        }
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                            failed = Some(format!("connection {state}"));
+                        }
+                        _ => {}
+                    },
+                    RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                        if let Side::Publisher { tracks } = &mut peer.side {
+                            if let Some(receiver) = peer.pc.rtp_receiver(init.receiver_id) {
+                                let track = receiver.track();
+                                let kind = match track.kind() {
+                                    RtpCodecKind::Audio => MediaKind::Audio,
+                                    _ => MediaKind::Video,
+                                };
+                                if let Some(codec) = track.codec(init.ssrc).cloned() {
+                                    tracks.insert(
+                                        init.track_id.clone(),
+                                        InboundTrack {
+                                            kind,
+                                            receiver_id: init.receiver_id,
+                                            ssrc: init.ssrc,
+                                            codec,
+                                            dedup: DedupWindow::default(),
+                                            keyframes: KeyframeThrottle::default(),
+                                        },
+                                    );
+                                    published.push(kind);
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
+                match message {
+                    RTCMessage::RtpPacket(track_id, packet) => inbound.push((track_id, packet)),
+                    RTCMessage::RtcpPacket(track_id, packets) => {
+                        if let Side::Subscriber { by_track_id, .. } = &peer.side {
+                            if codecs::is_keyframe_request(&packets) {
+                                if let Some(t) = by_track_id.get(&track_id) {
+                                    keyframe_wanted.push(t.publisher.clone());
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.drain_writes(id);
+        }
+
+        let participant = match self.peers.get(&id) {
+            Some(p) => p.participant.clone(),
+            None => return,
+        };
+        for kind in published {
+            tracing::info!(participant = %participant, kind = kind_name(kind), "track published");
+            self.emit(
+                &participant,
+                MediaEvent::TrackPublished {
+                    participant: participant.clone(),
+                    kind,
+                },
+            );
+        }
+        if became_connected {
+            let pc_kind = self.peers.get(&id).map(|p| p.pc_kind);
+            tracing::info!(participant = %participant, pc = ?pc_kind, "peer connection connected");
+            if let Some(Peer {
+                side: Side::Subscriber { legs, .. },
+                ..
+            }) = self.peers.get(&id)
+            {
+                let sources: Vec<ParticipantId> = legs
+                    .iter()
+                    .filter(|(_, s)| s[1].as_ref().is_some_and(|l| l.negotiated))
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                keyframe_wanted.extend(sources);
+            }
+        }
+        for (track_id, packet) in inbound {
+            self.forward(now, id, &participant, &track_id, packet);
+        }
+        for publisher in keyframe_wanted {
+            self.request_keyframe(now, &publisher);
+        }
+        if let Some(reason) = failed {
+            self.fail_peer(id, &reason);
+        }
+    }
+
+    /// Forwards one RTP packet from a publisher connection to every subscriber leg of it.
+    fn forward(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        publisher: &str,
+        track_id: &str,
+        mut packet: rtc::rtp::Packet,
+    ) {
+        let kind = {
+            let Some(Peer {
+                side: Side::Publisher { tracks },
+                ..
+            }) = self.peers.get_mut(&from)
+            else {
+                return;
+            };
+            let Some(track) = tracks.get_mut(track_id) else {
+                return;
+            };
+            if !track.dedup.insert(packet.header.sequence_number) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            track.kind
+        };
+        let Some(subscribers) = self
+            .routes
+            .get(publisher)
+            .map(|r| r[kind_index(kind)].clone())
+        else {
+            return;
+        };
+        // Extensions are negotiated per leg; forwarding the publisher's ids would get the
+        // packet rejected (see the field notes), so the leg carries none.
+        packet.header.extension = false;
+        packet.header.extensions.clear();
+        packet.header.extension_profile = 0;
+        let source_ssrc = packet.header.ssrc;
+        for sub in subscribers {
+            let Some(peer) = self.peers.get_mut(&sub) else {
+                continue;
+            };
+            // Before DTLS completes `rtc` would drop the packet anyway.
+            if !peer.connected {
+                continue;
+            }
+            let Side::Subscriber { legs, .. } = &mut peer.side else {
+                continue;
+            };
+            let Some(Some(leg)) = legs.get_mut(publisher).map(|s| &mut s[kind_index(kind)]) else {
+                continue;
+            };
+            if !leg.negotiated {
+                continue;
+            }
+            let h = leg.rewriter.rewrite(
+                source_ssrc,
+                packet.header.sequence_number,
+                packet.header.timestamp,
+            );
+            let mut out = packet.clone();
+            out.header.ssrc = h.ssrc;
+            out.header.payload_type = h.payload_type;
+            out.header.sequence_number = h.sequence_number;
+            out.header.timestamp = h.timestamp;
+            let sender_id = leg.sender_id;
+            if let Some(mut sender) = peer.pc.rtp_sender(sender_id) {
+                match sender.write_rtp(now, out) {
+                    Ok(()) => self.stats.forwarded += 1,
+                    Err(e) => tracing::trace!(%e, "write_rtp failed"),
+                }
+            }
+            self.drain_writes(sub);
+        }
+    }
+
+    /// Moves a connection's outbound datagrams into its bounded outbox.
+    fn drain_writes(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let was_empty = peer.outbox.is_empty();
+        while let Some(msg) = peer.pc.poll_write() {
+            if peer.outbox.len() >= OUTBOX_LIMIT {
+                self.stats.outbox_drops += 1;
+                continue;
+            }
+            peer.outbox.push_back(msg);
+        }
+        if was_empty && !peer.outbox.is_empty() {
+            self.ready.push_back(id);
+        }
+    }
+
+    fn drop_subscriber(&mut self, participant: &str, id: PeerId) {
+        if let Some(a) = self.attachments.get_mut(participant) {
+            if a.subscribe == Some(id) {
+                a.subscribe = None;
+            }
+        }
+        self.drop_peer(id);
+    }
+
+    /// Tears a connection down and tells its room to have the client start it again.
+    fn fail_peer(&mut self, id: PeerId, reason: &str) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let participant = peer.participant.clone();
+        let pc = peer.pc_kind;
+        tracing::warn!(participant = %participant, ?pc, reason, "peer connection torn down");
+        if let Some(a) = self.attachments.get_mut(&participant) {
+            match pc {
+                PcKind::Publish if a.publish == Some(id) => a.publish = None,
+                PcKind::Subscribe if a.subscribe == Some(id) => a.subscribe = None,
+                _ => {}
+            }
+        }
+        self.drop_peer(id);
+        self.emit(
+            &participant,
+            MediaEvent::PeerFailed {
+                participant: participant.clone(),
+                pc,
+                reason: reason.to_string(),
+            },
+        );
+    }
+
+    /// Removes a connection and every route through it, without telling anyone.
+    fn drop_peer(&mut self, id: PeerId) {
+        if let Some(mut peer) = self.peers.remove(&id) {
+            let _ = peer.pc.close();
+        }
+        self.demux.remove_peer(id);
+        for r in self.routes.values_mut() {
+            for list in r.iter_mut() {
+                list.retain(|p| *p != id);
+            }
+        }
+        self.ready.retain(|p| *p != id);
+    }
+}
+
+/// Picks the payload type negotiated for `mime` on a sender, preferring an exact fmtp
+/// match (H.264 profiles differ only there).
+fn pick_payload_type(
+    codecs: &[rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters],
+    mime: &str,
+    fmtp: &str,
+) -> Option<u8> {
+    let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+        c.rtp_codec.mime_type.eq_ignore_ascii_case(mime)
+    };
+    codecs
+        .iter()
+        .filter(same_mime)
+        .find(|c| c.rtp_codec.sdp_fmtp_line == fmtp)
+        .or_else(|| codecs.iter().find(same_mime))
+        .map(|c| c.payload_type)
+}
+
+/// Lists which publisher and kind each active media section of our subscribe offer
+/// carries, read from `a=mid` and `a=msid` (stream id = publisher participant id).
+pub fn describe_tracks(sdp: &str) -> Vec<TrackDescription> {
+    let mut out = Vec::new();
+    let mut kind: Option<MediaKind> = None;
+    let mut mid: Option<String> = None;
+    let mut stream: Option<String> = None;
+    let mut flush =
+        |kind: &mut Option<MediaKind>, mid: &mut Option<String>, stream: &mut Option<String>| {
+            if let (Some(k), Some(m), Some(s)) = (kind.take(), mid.take(), stream.take()) {
+                out.push(TrackDescription {
+                    mid: m,
+                    participant_id: s,
+                    kind: k,
+                });
+            }
+            *kind = None;
+            *mid = None;
+            *stream = None;
+        };
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("m=") {
+            flush(&mut kind, &mut mid, &mut stream);
+            kind = if rest.starts_with("audio") {
+                Some(MediaKind::Audio)
+            } else if rest.starts_with("video") {
+                Some(MediaKind::Video)
+            } else {
+                None
+            };
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m.to_string());
+        } else if let Some(m) = line.strip_prefix("a=msid:") {
+            stream = m.split_whitespace().next().map(str::to_string);
+        }
+    }
+    flush(&mut kind, &mut mid, &mut stream);
+    out
+}
+
+/// A random alphanumeric string (ICE credentials).
+fn random_token(len: usize) -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_tracks_from_offer() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=msid:pabc pabc-audio-1\r\na=sendonly\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=msid:pabc pabc-video-2\r\na=sendonly\r\n\
+m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=inactive\r\n";
+        let t = describe_tracks(sdp);
+        assert_eq!(
+            t,
+            vec![
+                TrackDescription {
+                    mid: "0".into(),
+                    participant_id: "pabc".into(),
+                    kind: MediaKind::Audio
+                },
+                TrackDescription {
+                    mid: "1".into(),
+                    participant_id: "pabc".into(),
+                    kind: MediaKind::Video
+                },
+            ]
+        );
+    }
+}

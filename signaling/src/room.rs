@@ -1,0 +1,719 @@
+//! The room and participant state machine.
+//!
+//! A [`Room`] takes [`Input`]s (a verified join, a client message, a departure, an event
+//! from the media plane) together with the current [`Instant`] and returns [`Output`]s
+//! (messages to send to one participant, commands for the media plane, connection closes).
+//! It owns no sockets and no clock, so every rule is tested by feeding inputs and checking
+//! outputs.
+//!
+//! Negotiation rules (see `PROTOCOL.md`):
+//! - publish connection: the client offers, the media plane answers; one offer in flight
+//!   per participant;
+//! - subscribe connection: the server offers, the client answers; one offer in flight per
+//!   participant, and a change of the desired track set while an offer is out is remembered
+//!   and re-offered after the answer, which is what keeps the two sides from offering at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use crate::error::ErrorCode;
+use crate::protocol::{
+    ClientMessage, MediaKind, ParticipantId, PcKind, RosterEntry, ServerMessage, TrackDescription,
+    PROTOCOL_VERSION,
+};
+use crate::role::Role;
+
+/// Longest display name accepted, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
+
+/// An owned reference to a published track, as sent to the media plane.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TrackRef {
+    /// The publishing participant.
+    pub publisher: ParticipantId,
+    /// Audio or video.
+    pub kind: MediaKind,
+}
+
+/// Something that happened, fed into [`Room::handle`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A participant whose join token the shell has already verified.
+    Join {
+        /// Id assigned by the shell, unique for the server's lifetime.
+        participant: ParticipantId,
+        /// Display name (from the token or the join message).
+        display_name: String,
+        /// Role from the token.
+        role: Role,
+    },
+    /// A message from a joined participant (never `Join`: the shell handles that).
+    Client {
+        /// Sender.
+        participant: ParticipantId,
+        /// The parsed message.
+        message: ClientMessage,
+    },
+    /// The participant's WebSocket closed without a `leave`.
+    Disconnected {
+        /// Who.
+        participant: ParticipantId,
+    },
+    /// An event from the media plane.
+    Media(MediaEvent),
+}
+
+/// What the media plane reports back to the room.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaEvent {
+    /// The answer to a [`MediaCommand::Publish`].
+    PublishAnswer {
+        /// Publisher.
+        participant: ParticipantId,
+        /// Answer SDP.
+        sdp: String,
+    },
+    /// A [`MediaCommand::Publish`] or [`MediaCommand::SubscribeAnswer`] could not be applied.
+    NegotiationFailed {
+        /// Whose connection.
+        participant: ParticipantId,
+        /// Which connection.
+        pc: PcKind,
+        /// Code to send to the client (usually [`ErrorCode::InvalidSdp`]).
+        code: ErrorCode,
+        /// Human-readable reason.
+        message: String,
+    },
+    /// Media of this kind started arriving from the participant.
+    TrackPublished {
+        /// Publisher.
+        participant: ParticipantId,
+        /// Kind.
+        kind: MediaKind,
+    },
+    /// The offer requested by [`MediaCommand::Subscribe`] is ready.
+    SubscribeOffer {
+        /// Subscriber.
+        participant: ParticipantId,
+        /// The revision from the command.
+        revision: u32,
+        /// Offer SDP.
+        sdp: String,
+        /// Which participant and kind each media section carries.
+        tracks: Vec<TrackDescription>,
+    },
+    /// A connection failed, or did not connect in time (the connect watchdog); the media
+    /// plane has already torn it down.
+    PeerFailed {
+        /// Whose connection.
+        participant: ParticipantId,
+        /// Which connection.
+        pc: PcKind,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A command for the media plane.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaCommand {
+    /// Apply a publish offer (creating the publish connection if needed); answer with
+    /// [`MediaEvent::PublishAnswer`] or [`MediaEvent::NegotiationFailed`].
+    Publish {
+        /// Publisher.
+        participant: ParticipantId,
+        /// Offer SDP.
+        sdp: String,
+    },
+    /// Close the publish connection and stop forwarding the participant's media.
+    Unpublish {
+        /// Publisher.
+        participant: ParticipantId,
+    },
+    /// Make the subscribe connection carry exactly `tracks` and create an offer
+    /// (creating the connection if needed); reply with [`MediaEvent::SubscribeOffer`].
+    Subscribe {
+        /// Subscriber.
+        participant: ParticipantId,
+        /// Offer revision to echo back.
+        revision: u32,
+        /// The full desired set of tracks.
+        tracks: Vec<TrackRef>,
+    },
+    /// Apply the client's answer to the outstanding subscribe offer.
+    SubscribeAnswer {
+        /// Subscriber.
+        participant: ParticipantId,
+        /// Answer SDP.
+        sdp: String,
+    },
+    /// A trickled ICE candidate from the client.
+    RemoteCandidate {
+        /// Whose connection.
+        participant: ParticipantId,
+        /// Which connection.
+        pc: PcKind,
+        /// The candidate line (`candidate:...`); empty means end-of-candidates.
+        candidate: String,
+    },
+    /// Tear down both connections of a participant who left.
+    Remove {
+        /// Who.
+        participant: ParticipantId,
+    },
+}
+
+/// What [`Room::handle`] asks the shell to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a message to one participant.
+    Send {
+        /// Recipient.
+        to: ParticipantId,
+        /// The message.
+        message: ServerMessage,
+    },
+    /// Close the participant's WebSocket after flushing what was sent to it.
+    Close {
+        /// Whose socket.
+        participant: ParticipantId,
+    },
+    /// A command for the media plane.
+    Media(MediaCommand),
+    /// The last participant left; the shell may drop the room.
+    Empty,
+}
+
+/// Room-wide limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// Most participants present at once.
+    pub max_participants: usize,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits {
+            max_participants: 16,
+        }
+    }
+}
+
+/// Subscribe-side negotiation state of one participant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SubscribeState {
+    /// Revision of the most recent offer requested from the media plane.
+    revision: u32,
+    /// An offer (of this revision) is out and not yet answered.
+    awaiting_answer: Option<u32>,
+    /// The track set the connection was last asked to carry.
+    current: Vec<TrackRef>,
+    /// The desired set changed while an offer was out.
+    dirty: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Participant {
+    display_name: String,
+    role: Role,
+    joined_at: Instant,
+    audio_muted: bool,
+    video_muted: bool,
+    publishing: BTreeSet<MediaKind>,
+    /// A publish offer is with the media plane.
+    publish_pending: bool,
+    subscribe: SubscribeState,
+}
+
+/// One conference's live state.
+#[derive(Debug)]
+pub struct Room {
+    id: String,
+    title: String,
+    limits: RoomLimits,
+    participants: BTreeMap<ParticipantId, Participant>,
+}
+
+impl Room {
+    /// Creates an empty room.
+    pub fn new(id: impl Into<String>, title: impl Into<String>, limits: RoomLimits) -> Self {
+        Room {
+            id: id.into(),
+            title: title.into(),
+            limits,
+            participants: BTreeMap::new(),
+        }
+    }
+
+    /// The room id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Number of participants present.
+    pub fn len(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// Whether nobody is present.
+    pub fn is_empty(&self) -> bool {
+        self.participants.is_empty()
+    }
+
+    /// Whether `participant` is present.
+    pub fn contains(&self, participant: &str) -> bool {
+        self.participants.contains_key(participant)
+    }
+
+    /// The current roster, in join order.
+    pub fn roster(&self) -> Vec<RosterEntry> {
+        let mut entries: Vec<(&Instant, RosterEntry)> = self
+            .participants
+            .iter()
+            .map(|(id, p)| {
+                (
+                    &p.joined_at,
+                    RosterEntry {
+                        id: id.clone(),
+                        display_name: p.display_name.clone(),
+                        role: p.role,
+                        audio_muted: p.audio_muted,
+                        video_muted: p.video_muted,
+                        publishing: p.publishing.iter().copied().collect(),
+                    },
+                )
+            })
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        entries.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Feeds one input and returns what to do about it.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Join {
+                participant,
+                display_name,
+                role,
+            } => self.join(now, participant, display_name, role, &mut out),
+            Input::Client {
+                participant,
+                message,
+            } => self.client(participant, message, &mut out),
+            Input::Disconnected { participant } => self.remove(&participant, None, &mut out),
+            Input::Media(event) => self.media(event, &mut out),
+        }
+        out
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        display_name: String,
+        role: Role,
+        out: &mut Vec<Output>,
+    ) {
+        if self.participants.contains_key(&id) {
+            error_to(out, &id, ErrorCode::OutOfOrder, "already joined", false);
+            return;
+        }
+        if self.participants.len() >= self.limits.max_participants {
+            error_to(
+                out,
+                &id,
+                ErrorCode::RoomFull,
+                "the conference has reached its participant limit",
+                true,
+            );
+            out.push(Output::Close { participant: id });
+            return;
+        }
+        let display_name = match validate_display_name(&display_name) {
+            Ok(name) => name,
+            Err(message) => {
+                error_to(out, &id, ErrorCode::InvalidField, message, true);
+                out.push(Output::Close { participant: id });
+                return;
+            }
+        };
+        self.participants.insert(
+            id.clone(),
+            Participant {
+                display_name: display_name.clone(),
+                role,
+                joined_at: now,
+                audio_muted: false,
+                video_muted: false,
+                publishing: BTreeSet::new(),
+                publish_pending: false,
+                subscribe: SubscribeState::default(),
+            },
+        );
+        out.push(Output::Send {
+            to: id.clone(),
+            message: ServerMessage::Joined {
+                protocol: PROTOCOL_VERSION,
+                participant_id: id.clone(),
+                room_id: self.id.clone(),
+                room_title: self.title.clone(),
+                role,
+                display_name,
+                roster: self.roster(),
+            },
+        });
+        self.broadcast_roster_except(Some(&id), out);
+        // The newcomer subscribes to whatever is already published.
+        self.reconcile_subscription(&id, out);
+    }
+
+    fn client(&mut self, id: ParticipantId, message: ClientMessage, out: &mut Vec<Output>) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            error_to(out, &id, ErrorCode::OutOfOrder, "join first", false);
+            return;
+        };
+        match message {
+            ClientMessage::Join { .. } => {
+                error_to(out, &id, ErrorCode::OutOfOrder, "already joined", false);
+            }
+            ClientMessage::PublishOffer { sdp } => {
+                if p.publish_pending {
+                    error_to(
+                        out,
+                        &id,
+                        ErrorCode::OutOfOrder,
+                        "a publish offer is already being answered",
+                        false,
+                    );
+                    return;
+                }
+                if !looks_like_sdp(&sdp) {
+                    error_to(
+                        out,
+                        &id,
+                        ErrorCode::InvalidSdp,
+                        "the offer is not SDP",
+                        false,
+                    );
+                    return;
+                }
+                p.publish_pending = true;
+                out.push(Output::Media(MediaCommand::Publish {
+                    participant: id,
+                    sdp,
+                }));
+            }
+            ClientMessage::Unpublish => {
+                p.publish_pending = false;
+                let had = !p.publishing.is_empty();
+                p.publishing.clear();
+                out.push(Output::Media(MediaCommand::Unpublish {
+                    participant: id.clone(),
+                }));
+                if had {
+                    self.broadcast_roster_except(None, out);
+                    self.reconcile_all_except(&id, out);
+                }
+            }
+            ClientMessage::SubscribeAnswer { sdp, revision } => {
+                if p.subscribe.awaiting_answer != Some(revision) {
+                    error_to(
+                        out,
+                        &id,
+                        ErrorCode::OutOfOrder,
+                        "no subscribe offer with that revision is outstanding",
+                        false,
+                    );
+                    return;
+                }
+                if !looks_like_sdp(&sdp) {
+                    error_to(
+                        out,
+                        &id,
+                        ErrorCode::InvalidSdp,
+                        "the answer is not SDP",
+                        false,
+                    );
+                    return;
+                }
+                p.subscribe.awaiting_answer = None;
+                out.push(Output::Media(MediaCommand::SubscribeAnswer {
+                    participant: id.clone(),
+                    sdp,
+                }));
+                if std::mem::take(&mut p.subscribe.dirty) {
+                    self.reconcile_subscription(&id, out);
+                }
+            }
+            ClientMessage::IceCandidate { pc, candidate } => {
+                if candidate.candidate.len() > 1024 {
+                    error_to(
+                        out,
+                        &id,
+                        ErrorCode::InvalidField,
+                        "candidate too long",
+                        false,
+                    );
+                    return;
+                }
+                out.push(Output::Media(MediaCommand::RemoteCandidate {
+                    participant: id,
+                    pc,
+                    candidate: candidate.candidate,
+                }));
+            }
+            ClientMessage::Mute { kind, muted } => {
+                let field = match kind {
+                    MediaKind::Audio => &mut p.audio_muted,
+                    MediaKind::Video => &mut p.video_muted,
+                };
+                if *field != muted {
+                    *field = muted;
+                    self.broadcast_roster_except(None, out);
+                }
+            }
+            ClientMessage::Ping => out.push(Output::Send {
+                to: id,
+                message: ServerMessage::Pong,
+            }),
+            ClientMessage::Leave => {
+                self.remove(&id, Some("left"), out);
+            }
+        }
+    }
+
+    fn media(&mut self, event: MediaEvent, out: &mut Vec<Output>) {
+        match event {
+            MediaEvent::PublishAnswer { participant, sdp } => {
+                let Some(p) = self.participants.get_mut(&participant) else {
+                    return;
+                };
+                p.publish_pending = false;
+                out.push(Output::Send {
+                    to: participant,
+                    message: ServerMessage::PublishAnswer { sdp },
+                });
+            }
+            MediaEvent::NegotiationFailed {
+                participant,
+                pc,
+                code,
+                message,
+            } => {
+                let Some(p) = self.participants.get_mut(&participant) else {
+                    return;
+                };
+                match pc {
+                    PcKind::Publish => p.publish_pending = false,
+                    // The media plane dropped the half-negotiated connection; start afresh.
+                    PcKind::Subscribe => {
+                        p.subscribe.awaiting_answer = None;
+                        p.subscribe.current.clear();
+                    }
+                }
+                error_to(out, &participant, code, &message, false);
+                if pc == PcKind::Subscribe {
+                    out.push(Output::Send {
+                        to: participant.clone(),
+                        message: ServerMessage::Reconnect {
+                            pc,
+                            reason: "subscribe negotiation failed".into(),
+                        },
+                    });
+                    self.reconcile_subscription(&participant, out);
+                }
+            }
+            MediaEvent::TrackPublished { participant, kind } => {
+                let Some(p) = self.participants.get_mut(&participant) else {
+                    return;
+                };
+                if p.publishing.insert(kind) {
+                    self.broadcast_roster_except(None, out);
+                    self.reconcile_all_except(&participant, out);
+                }
+            }
+            MediaEvent::SubscribeOffer {
+                participant,
+                revision,
+                sdp,
+                tracks,
+            } => {
+                let Some(p) = self.participants.get_mut(&participant) else {
+                    return;
+                };
+                // A stale offer (superseded by a reset) is dropped; the newer one follows.
+                if revision != p.subscribe.revision {
+                    return;
+                }
+                p.subscribe.awaiting_answer = Some(revision);
+                out.push(Output::Send {
+                    to: participant,
+                    message: ServerMessage::SubscribeOffer {
+                        sdp,
+                        revision,
+                        tracks,
+                    },
+                });
+            }
+            MediaEvent::PeerFailed {
+                participant,
+                pc,
+                reason,
+            } => {
+                let Some(p) = self.participants.get_mut(&participant) else {
+                    return;
+                };
+                out.push(Output::Send {
+                    to: participant.clone(),
+                    message: ServerMessage::Reconnect {
+                        pc,
+                        reason: reason.clone(),
+                    },
+                });
+                match pc {
+                    PcKind::Publish => {
+                        p.publish_pending = false;
+                        if !std::mem::take(&mut p.publishing).is_empty() {
+                            self.broadcast_roster_except(None, out);
+                            self.reconcile_all_except(&participant, out);
+                        }
+                    }
+                    PcKind::Subscribe => {
+                        p.subscribe.awaiting_answer = None;
+                        p.subscribe.dirty = false;
+                        p.subscribe.current.clear();
+                        self.reconcile_subscription(&participant, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes a participant (leave or disconnect) and tells everyone else.
+    fn remove(&mut self, id: &str, bye: Option<&str>, out: &mut Vec<Output>) {
+        if self.participants.remove(id).is_none() {
+            return;
+        }
+        if let Some(reason) = bye {
+            out.push(Output::Send {
+                to: id.to_string(),
+                message: ServerMessage::Bye {
+                    reason: reason.to_string(),
+                },
+            });
+            out.push(Output::Close {
+                participant: id.to_string(),
+            });
+        }
+        out.push(Output::Media(MediaCommand::Remove {
+            participant: id.to_string(),
+        }));
+        if self.participants.is_empty() {
+            out.push(Output::Empty);
+            return;
+        }
+        self.broadcast_roster_except(None, out);
+        self.reconcile_all_except(id, out);
+    }
+
+    fn broadcast_roster_except(&self, except: Option<&str>, out: &mut Vec<Output>) {
+        let roster = self.roster();
+        for id in self.participants.keys() {
+            if Some(id.as_str()) == except {
+                continue;
+            }
+            out.push(Output::Send {
+                to: id.clone(),
+                message: ServerMessage::Roster {
+                    participants: roster.clone(),
+                },
+            });
+        }
+    }
+
+    fn reconcile_all_except(&mut self, except: &str, out: &mut Vec<Output>) {
+        let ids: Vec<ParticipantId> = self
+            .participants
+            .keys()
+            .filter(|id| id.as_str() != except)
+            .cloned()
+            .collect();
+        for id in ids {
+            self.reconcile_subscription(&id, out);
+        }
+    }
+
+    /// The tracks `subscriber` should receive: everything the others publish.
+    fn desired_tracks(&self, subscriber: &str) -> Vec<TrackRef> {
+        self.participants
+            .iter()
+            .filter(|(id, _)| id.as_str() != subscriber)
+            .flat_map(|(id, p)| {
+                p.publishing.iter().map(move |kind| TrackRef {
+                    publisher: id.clone(),
+                    kind: *kind,
+                })
+            })
+            .collect()
+    }
+
+    /// Asks the media plane for a new subscribe offer if the desired track set changed,
+    /// or remembers to do so once the outstanding offer is answered.
+    fn reconcile_subscription(&mut self, id: &str, out: &mut Vec<Output>) {
+        let desired = self.desired_tracks(id);
+        let Some(p) = self.participants.get_mut(id) else {
+            return;
+        };
+        if p.subscribe.awaiting_answer.is_some() {
+            p.subscribe.dirty = p.subscribe.dirty || desired != p.subscribe.current;
+            return;
+        }
+        if desired == p.subscribe.current {
+            return;
+        }
+        p.subscribe.revision += 1;
+        p.subscribe.current = desired.clone();
+        // Until the media plane's offer comes back, nothing else may be offered.
+        p.subscribe.awaiting_answer = Some(p.subscribe.revision);
+        out.push(Output::Media(MediaCommand::Subscribe {
+            participant: id.to_string(),
+            revision: p.subscribe.revision,
+            tracks: desired,
+        }));
+    }
+}
+
+/// Trims and checks a display name.
+pub fn validate_display_name(name: &str) -> Result<String, &'static str> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("the display name is empty");
+    }
+    if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
+        return Err("the display name is longer than 64 characters");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the display name contains control characters");
+    }
+    Ok(name.to_string())
+}
+
+/// A cheap structural check before SDP goes to the media plane, which parses it fully.
+fn looks_like_sdp(sdp: &str) -> bool {
+    sdp.starts_with("v=0") && sdp.contains("\nm=")
+}
+
+fn error_to(out: &mut Vec<Output>, to: &str, code: ErrorCode, message: &str, fatal: bool) {
+    out.push(Output::Send {
+        to: to.to_string(),
+        message: ServerMessage::Error {
+            code,
+            message: message.to_string(),
+            fatal,
+        },
+    });
+}
+
+#[cfg(test)]
+mod tests;

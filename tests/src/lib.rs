@@ -1,0 +1,15 @@
+//! wardlink test clients and harness.
+//!
+//! - [`harness`]: start a real server in-process on loopback with a temp data dir;
+//! - [`signal_client`]: a raw WSS signaling client (well-behaved or not);
+//! - [`rtc_client`]: a full WebRTC participant on the async `webrtc` crate;
+//! - [`synthetic`]: self-describing media payloads, checked byte for byte on arrival;
+//! - [`tokens`]: join-token surgery (forged, tampered, expired) for negative tests;
+//! - [`tls`]: trust pinned to the server's self-signed certificate.
+
+pub mod harness;
+pub mod rtc_client;
+pub mod signal_client;
+pub mod synthetic;
+pub mod tls;
+pub mod tokens;
