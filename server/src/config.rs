@@ -276,7 +276,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = Config::default();
         c.validate().unwrap();
-        assert_eq!(c.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.listen, "127.0.0.1:8443".parse::<SocketAddr>().unwrap());
         assert_eq!(c.media_port, 8443);
         assert_eq!(
             c.advertised_media_ip(),
@@ -312,7 +312,7 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.listen.port(), 443);
-        assert_eq!(c.media_bind_addr(), "10.0.0.5:3478".parse().unwrap());
+        assert_eq!(c.media_bind_addr(), "10.0.0.5:3478".parse::<SocketAddr>().unwrap());
         assert_eq!(
             c.advertised_media_ip(),
             "203.0.113.7".parse::<IpAddr>().unwrap()
@@ -363,7 +363,7 @@ mod tests {
         )
         .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.listen, "127.0.0.1:0".parse::<SocketAddr>().unwrap());
         assert_eq!(c.media_port, 0);
         assert_eq!(c.public_ip, Some("198.51.100.2".parse().unwrap()));
         assert_eq!(c.tls_cert, Some(PathBuf::from("/c.pem")));

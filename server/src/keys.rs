@@ -156,13 +156,15 @@ mod tests {
 
     #[test]
     fn creates_once_then_reuses() {
-        let dir = temp_dir("reuse").join("nested");
+        let root = temp_dir("reuse");
+        let dir = root.join("nested");
         let first = Keys::load_or_create(&dir).unwrap();
         let second = Keys::load_or_create(&dir).unwrap();
         let token = first.signer.sign(&claims());
         assert_eq!(second.verifier.verify(&token, 1).unwrap(), claims());
         // A different directory gets a different key.
-        let other = Keys::load_or_create(&temp_dir("other")).unwrap();
+        let other_dir = temp_dir("other");
+        let other = Keys::load_or_create(&other_dir).unwrap();
         assert!(other.verifier.verify(&token, 1).is_err());
         #[cfg(unix)]
         {
@@ -181,8 +183,8 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(KEY_FILE_NAME)]);
-        std::fs::remove_dir_all(temp_dir("reuse")).unwrap();
-        std::fs::remove_dir_all(temp_dir("other")).unwrap();
+        std::fs::remove_dir_all(root).unwrap();
+        std::fs::remove_dir_all(other_dir).unwrap();
     }
 
     #[test]

@@ -41,7 +41,6 @@ use wardlink_signaling::{ErrorCode, MediaKind, PcKind};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::media_stream::Track;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
@@ -1380,8 +1379,11 @@ impl Participant {
         mut pred: impl FnMut(&Observed) -> bool,
     ) -> anyhow::Result<()> {
         let mut rx = self.observed.clone();
-        match tokio::time::timeout(timeout, rx.wait_for(|o| pred(o))).await {
-            Ok(Ok(_)) => Ok(()),
+        let outcome = tokio::time::timeout(timeout, rx.wait_for(|o| pred(o)))
+            .await
+            .map(|r| r.map(drop));
+        match outcome {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(anyhow!(
                 "{}: state channel closed while waiting for {what}",
                 self.tag()
