@@ -473,7 +473,9 @@ function failFatal({ code, message, textKey }) {
   updateConnection();
   ui.clearTiles();
   ui.setJoinBusy(null);
-  ui.setError({ code, message, textKey, canRetry: Boolean(state.token) });
+  // Going back to the join page cannot fix a bad or expired link, so do not offer it then.
+  const hopeless = ['invalid_token', 'token_expired'].includes(code);
+  ui.setError({ code, message, textKey, canRetry: Boolean(state.token) && !hopeless });
   showView('error');
 }
 

@@ -11,6 +11,8 @@ const VIEWS = ['join', 'conference', 'left', 'error'];
 export function showView(name) {
   for (const view of VIEWS) $(`view-${view}`).hidden = view !== name;
   document.body.dataset.view = name;
+  // Conference toasts mean nothing on the left/error pages.
+  if (name !== 'conference') $('toasts').replaceChildren();
   // Move focus to the new view's heading so screen readers announce the change.
   const heading = $(`view-${name}`).querySelector('h1, h2');
   if (heading) {
@@ -132,6 +134,8 @@ export function setRoomHeader(title, count) {
   roomTitle = title ?? roomTitle;
   participantCount = count ?? participantCount;
   $('room-title').textContent = roomTitle;
+  // The header truncates long titles; the tooltip shows the whole one on a PC.
+  $('room-title').title = roomTitle;
   $('participant-count').textContent = participantCount ? t('participants_count', { n: participantCount }) : '';
 }
 

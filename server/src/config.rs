@@ -312,7 +312,10 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.listen.port(), 443);
-        assert_eq!(c.media_bind_addr(), "10.0.0.5:3478".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.media_bind_addr(),
+            "10.0.0.5:3478".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(
             c.advertised_media_ip(),
             "203.0.113.7".parse::<IpAddr>().unwrap()

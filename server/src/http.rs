@@ -370,7 +370,7 @@ mod tests {
 /// Real TLS sockets against the router (minus the session, which needs the media plane):
 /// TLS parameters, headers, embedded files and the WebSocket upgrade.
 #[cfg(test)]
-mod live_tests {
+pub(crate) mod live_tests {
     use super::*;
     use futures_util::{SinkExt as _, StreamExt as _};
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -380,7 +380,7 @@ mod live_tests {
 
     /// Accepts any certificate: these tests check our server, not certificate paths.
     #[derive(Debug)]
-    struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+    pub(crate) struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
 
     impl rustls::client::danger::ServerCertVerifier for AnyCert {
         fn verify_server_cert(
@@ -399,7 +399,12 @@ mod live_tests {
             c: &CertificateDer<'_>,
             d: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn verify_tls13_signature(
             &self,
@@ -407,7 +412,12 @@ mod live_tests {
             c: &CertificateDer<'_>,
             d: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
@@ -422,17 +432,35 @@ mod live_tests {
     }
 
     /// Echoes text messages after first sending the peer address the server saw.
-    async fn echo_ws(ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, uri: Uri, ws: WebSocketUpgrade) -> Response {
-        accept_websocket(ws, &headers, &uri, Some("https://conf.example.jp"), peer, move |mut socket| async move {
-            let _ = socket.send(axum::extract::ws::Message::Text(peer.to_string().into())).await;
-            while let Some(Ok(msg)) = socket.recv().await {
-                if let axum::extract::ws::Message::Text(t) = msg {
-                    if socket.send(axum::extract::ws::Message::Text(t)).await.is_err() {
-                        break;
+    async fn echo_ws(
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        headers: HeaderMap,
+        uri: Uri,
+        ws: WebSocketUpgrade,
+    ) -> Response {
+        accept_websocket(
+            ws,
+            &headers,
+            &uri,
+            Some("https://conf.example.jp"),
+            peer,
+            move |mut socket| async move {
+                let _ = socket
+                    .send(axum::extract::ws::Message::Text(peer.to_string().into()))
+                    .await;
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if let axum::extract::ws::Message::Text(t) = msg {
+                        if socket
+                            .send(axum::extract::ws::Message::Text(t))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
     }
 
     async fn start(name: &str) -> TestServer {
@@ -448,12 +476,18 @@ mod live_tests {
         let addr = listener.local_addr().unwrap();
         let app = with_security_headers(static_routes().route("/ws", any(echo_ws)));
         let (handle, task) = crate::server::serve_tls(listener, tls.server_config, app);
-        TestServer { addr, handle, task, dir }
+        TestServer {
+            addr,
+            handle,
+            task,
+            dir,
+        }
     }
 
     impl TestServer {
         async fn stop(self) {
-            self.handle.graceful_shutdown(Some(std::time::Duration::from_millis(200)));
+            self.handle
+                .graceful_shutdown(Some(std::time::Duration::from_millis(200)));
             tokio::time::timeout(std::time::Duration::from_secs(5), self.task)
                 .await
                 .expect("server did not stop")
@@ -463,7 +497,10 @@ mod live_tests {
         }
     }
 
-    fn client_config(alpn: &[&[u8]], versions: &[&'static rustls::SupportedProtocolVersion]) -> rustls::ClientConfig {
+    pub(crate) fn client_config(
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ClientConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
@@ -475,20 +512,28 @@ mod live_tests {
         config
     }
 
-    async fn connect(addr: SocketAddr, alpn: &[&[u8]]) -> std::io::Result<TlsStream<tokio::net::TcpStream>> {
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(alpn, &[&rustls::version::TLS13])));
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<TlsStream<tokio::net::TcpStream>> {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(
+            alpn,
+            &[&rustls::version::TLS13],
+        )));
         let tcp = tokio::net::TcpStream::connect(addr).await?;
-        connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await
+        connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
     }
 
-    struct HttpResponse {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
+    pub(crate) struct HttpResponse {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
     }
 
     impl HttpResponse {
-        fn header(&self, name: &str) -> Option<&str> {
+        pub fn header(&self, name: &str) -> Option<&str> {
             self.headers
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -497,31 +542,53 @@ mod live_tests {
     }
 
     /// One HTTP/1.1 request over TLS (`Connection: close`, so the body runs to EOF).
-    async fn get(addr: SocketAddr, path: &str, extra: &str) -> HttpResponse {
+    pub(crate) async fn get(addr: SocketAddr, path: &str, extra: &str) -> HttpResponse {
         get_with_host(addr, path, &addr.to_string(), extra).await
     }
 
-    async fn get_with_host(addr: SocketAddr, path: &str, host: &str, extra: &str) -> HttpResponse {
+    pub(crate) async fn get_with_host(
+        addr: SocketAddr,
+        path: &str,
+        host: &str,
+        extra: &str,
+    ) -> HttpResponse {
         let mut stream = connect(addr, &[b"http/1.1"]).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         // A TLS close without close_notify is fine here; keep what arrived.
         let _ = stream.read_to_end(&mut raw).await;
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("no header end");
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("no header end");
         let head = String::from_utf8(raw[..split].to_vec()).unwrap();
         let mut lines = head.lines();
-        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         let headers = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect();
         let mut body = raw[split + 4..].to_vec();
-        let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
         if chunked {
             body = dechunk(&body);
         }
-        HttpResponse { status, headers, body }
+        HttpResponse {
+            status,
+            headers,
+            body,
+        }
     }
 
     fn dechunk(mut data: &[u8]) -> Vec<u8> {
@@ -530,7 +597,8 @@ mod live_tests {
             let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
                 return out;
             };
-            let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16).unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16)
+                .unwrap();
             if size == 0 {
                 return out;
             }
@@ -544,14 +612,23 @@ mod live_tests {
         let server = start("tls").await;
         let h2 = connect(server.addr, &[b"h2", b"http/1.1"]).await.unwrap();
         assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        assert_eq!(h2.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        assert_eq!(
+            h2.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
         let h1 = connect(server.addr, &[b"http/1.1"]).await.unwrap();
         assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 
-        let tls12 = tokio_rustls::TlsConnector::from(Arc::new(client_config(&[], &[&rustls::version::TLS12])));
+        let tls12 = tokio_rustls::TlsConnector::from(Arc::new(client_config(
+            &[],
+            &[&rustls::version::TLS12],
+        )));
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         assert!(
-            tls12.connect(ServerName::try_from("localhost").unwrap(), tcp).await.is_err(),
+            tls12
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .is_err(),
             "TLS 1.2 must be refused"
         );
         server.stop().await;
@@ -574,7 +651,10 @@ mod live_tests {
         assert!(csp.contains("default-src 'self'"), "{csp}");
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
         assert!(csp.contains("media-src 'self' blob: mediastream:"), "{csp}");
-        assert!(csp.ends_with(&format!("connect-src 'self' wss://{}", server.addr)), "{csp}");
+        assert!(
+            csp.ends_with(&format!("connect-src 'self' wss://{}", server.addr)),
+            "{csp}"
+        );
         // No HSTS on an IP literal (it would pin the address to HTTPS for every port) ...
         assert_eq!(res.header("strict-transport-security"), None);
         // ... but yes on a real host name.
@@ -586,13 +666,19 @@ mod live_tests {
             .ends_with("wss://conf.example.jp"));
         // A hostile Host header is not echoed into the CSP.
         let hostile = get_with_host(server.addr, "/healthz", "x;script-src*", "").await;
-        assert!(hostile.header("content-security-policy").unwrap().ends_with("connect-src 'self'"));
+        assert!(hostile
+            .header("content-security-policy")
+            .unwrap()
+            .ends_with("connect-src 'self'"));
 
         let missing = get(server.addr, "/assets/nope.js", "").await;
         assert_eq!(missing.status, 404);
         assert_eq!(missing.header("x-content-type-options"), Some("nosniff"));
         assert_eq!(get(server.addr, "/../Cargo.toml", "").await.status, 404);
-        assert_eq!(get(server.addr, "/assets/../build.rs", "").await.status, 404);
+        assert_eq!(
+            get(server.addr, "/assets/../build.rs", "").await.status,
+            404
+        );
         server.stop().await;
     }
 
@@ -611,7 +697,10 @@ mod live_tests {
                 None => assert_eq!(res.status, 500, "{path} without an embedded index.html"),
             }
         }
-        assert!(!web_assets().is_empty(), "web-client/ files were not embedded");
+        assert!(
+            !web_assets().is_empty(),
+            "web-client/ files were not embedded"
+        );
         for (path, body, etag) in web_assets() {
             for url in [format!("/assets/{path}"), format!("/{path}")] {
                 if url == "/index.html" {
@@ -620,7 +709,11 @@ mod live_tests {
                 let res = get(server.addr, &url, "").await;
                 assert_eq!(res.status, 200, "{url}");
                 assert_eq!(res.body, *body, "{url}");
-                assert_eq!(res.header("content-type"), Some(content_type(path)), "{url}");
+                assert_eq!(
+                    res.header("content-type"),
+                    Some(content_type(path)),
+                    "{url}"
+                );
                 assert_eq!(res.header("etag"), Some(*etag), "{url}");
                 let cached = get(server.addr, &url, &format!("If-None-Match: {etag}\r\n")).await;
                 assert_eq!(cached.status, 304, "{url}");
@@ -635,28 +728,38 @@ mod live_tests {
         let server = start("ws").await;
         let url = format!("wss://{}/ws", server.addr);
 
-        let stream = connect(server.addr, &[b"h2", b"http/1.1"]).await.unwrap();
-        let local = stream.get_ref().0.local_addr().unwrap();
-        let request = tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
-        let mut request = request;
-        request
-            .headers_mut()
-            .insert("origin", HeaderValue::from_str(&format!("https://{}", server.addr)).unwrap());
-        // The browser offered h2 too; the server picked h2, which cannot carry this HTTP/1.1
-        // upgrade. Browsers open WebSockets on an http/1.1-only connection, so do the same.
-        drop(stream);
+        // Browsers open WebSockets on an http/1.1-only connection when the server does not
+        // offer RFC 8441, so the test client does the same.
         let stream = connect(server.addr, &[b"http/1.1"]).await.unwrap();
-        let local_h1 = stream.get_ref().0.local_addr().unwrap();
-        assert_ne!(local, local_h1);
-        let (mut ws, response) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+        let local = stream.get_ref().0.local_addr().unwrap();
+        let mut request =
+            tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
+        request.headers_mut().insert(
+            "origin",
+            HeaderValue::from_str(&format!("https://{}", server.addr)).unwrap(),
+        );
+        let (mut ws, response) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .unwrap();
         assert_eq!(response.status(), 101);
         // The session learns the real peer address.
         let first = ws.next().await.unwrap().unwrap();
-        assert_eq!(first.into_text().unwrap().as_str(), local_h1.to_string());
+        assert_eq!(first.into_text().unwrap().as_str(), local.to_string());
         // Messages above the protocol's 64 KiB (the session's own limit) still get through axum.
         let big = "x".repeat(200 * 1024);
-        ws.send(tungstenite::Message::text(big.clone())).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), big);
+        ws.send(tungstenite::Message::text(big.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_text()
+                .unwrap()
+                .as_str(),
+            big
+        );
         // Over 1 MiB, axum closes the connection.
         let huge = "y".repeat(WS_MAX_MESSAGE_BYTES + 1);
         let _ = ws.send(tungstenite::Message::text(huge)).await;
@@ -668,21 +771,29 @@ mod live_tests {
 
         // The configured public URL is an accepted origin too.
         let stream = connect(server.addr, &[b"http/1.1"]).await.unwrap();
-        let mut request = tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
-        request
-            .headers_mut()
-            .insert("origin", HeaderValue::from_static("https://conf.example.jp"));
-        assert!(tokio_tungstenite::client_async(request, stream).await.is_ok());
+        let mut request =
+            tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
+        request.headers_mut().insert(
+            "origin",
+            HeaderValue::from_static("https://conf.example.jp"),
+        );
+        assert!(tokio_tungstenite::client_async(request, stream)
+            .await
+            .is_ok());
 
         // A page from another origin cannot open a session.
         let stream = connect(server.addr, &[b"http/1.1"]).await.unwrap();
-        let mut request = tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
+        let mut request =
+            tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
         request
             .headers_mut()
             .insert("origin", HeaderValue::from_static("https://evil.example"));
         match tokio_tungstenite::client_async(request, stream).await {
             Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
-            other => panic!("cross-origin upgrade was not refused: {:?}", other.map(|(_, r)| r.status())),
+            other => panic!(
+                "cross-origin upgrade was not refused: {:?}",
+                other.map(|(_, r)| r.status())
+            ),
         }
 
         // A plain GET is not an upgrade.
@@ -696,6 +807,9 @@ mod live_tests {
         let addr = server.addr;
         assert_eq!(get(addr, "/healthz", "").await.status, 200);
         server.stop().await;
-        assert!(tokio::net::TcpStream::connect(addr).await.is_err() || connect(addr, &[b"http/1.1"]).await.is_err());
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err()
+                || connect(addr, &[b"http/1.1"]).await.is_err()
+        );
     }
 }

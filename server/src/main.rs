@@ -96,6 +96,7 @@ fn init_tracing(filter: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot initialise logging: {e}"))
 }
@@ -177,7 +178,11 @@ fn print_banner(text: &str) {
     let rule = "=".repeat(78);
     println!("\n{rule}\n wardlink is running. Open these links in a browser:\n{rule}\n");
     for line in text.lines() {
-        println!(" {line}");
+        if line.is_empty() {
+            println!();
+        } else {
+            println!(" {line}");
+        }
     }
     println!("{rule}\n Press Ctrl-C to stop.\n");
 }

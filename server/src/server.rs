@@ -164,3 +164,136 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::live_tests::{connect, get};
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("wardlink-server-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn test_config(dir: &std::path::Path) -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            media_port: 0,
+            media_bind: "127.0.0.1".parse().unwrap(),
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn start_serve_create_room_and_shut_down() {
+        let dir = temp_dir("lifecycle");
+        let server = start(test_config(&dir)).await.unwrap();
+        assert_eq!(
+            server.https_addr.ip(),
+            "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_ne!(server.https_addr.port(), 0);
+        assert_ne!(server.media_addr.port(), 0);
+        assert_eq!(server.base_url, format!("https://{}", server.https_addr));
+        // The media socket really is bound: the port is taken.
+        assert!(std::net::UdpSocket::bind(server.media_addr).is_err());
+
+        let res = get(server.https_addr, "/healthz", "").await;
+        assert_eq!((res.status, res.body.as_slice()), (200, &b"ok"[..]));
+
+        let room = server.create_room("  退院前カンファレンス  ").unwrap();
+        assert_eq!(room.title, "退院前カンファレンス");
+        let now = unix_now();
+        assert!(room.expires_at >= now + 24 * 3600 - 5 && room.expires_at <= now + 24 * 3600 + 5);
+        for link in &room.links {
+            assert_eq!(
+                link.url,
+                format!("{}/join#t={}", server.base_url, link.token)
+            );
+            let claims = server
+                .state()
+                .keys
+                .verifier
+                .verify(&link.token, now)
+                .unwrap();
+            assert_eq!(claims.room, room.room_id);
+        }
+        assert!(server.create_room("   ").is_err());
+
+        // /ws upgrades over the real router.
+        let stream = connect(server.https_addr, &[b"http/1.1"]).await.unwrap();
+        let url = format!("wss://{}/ws", server.https_addr);
+        let (mut ws, response) = tokio_tungstenite::client_async(url.as_str(), stream)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 101);
+        let _ = ws.close(None).await;
+        drop(ws);
+
+        let (https_addr, media_addr) = (server.https_addr, server.media_addr);
+        tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+            .await
+            .expect("shutdown hung");
+        // The HTTPS port is free again.
+        drop(
+            std::net::TcpListener::bind(https_addr).expect("HTTPS port still bound after shutdown"),
+        );
+        // With the last handle gone the media loop ends and releases its UDP port.
+        let mut media_freed = false;
+        for _ in 0..40 {
+            if std::net::UdpSocket::bind(media_addr).is_ok() {
+                media_freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(media_freed, "media UDP port still bound after shutdown");
+
+        // A restart on the same data directory keeps the signing key, so old links stay valid.
+        let again = start(test_config(&dir)).await.unwrap();
+        assert!(again
+            .state()
+            .keys
+            .verifier
+            .verify(&room.links[0].token, now)
+            .is_ok());
+        again.shutdown().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn busy_https_port_is_a_clear_error() {
+        let dir = temp_dir("busy");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = Config {
+            listen: taken.local_addr().unwrap(),
+            ..test_config(&dir)
+        };
+        let err = start(config).await.err().expect("started on a busy port");
+        assert!(format!("{err:#}").contains("cannot listen on"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn serve_until_stops_on_signal() {
+        let dir = temp_dir("signal");
+        let server = start(test_config(&dir)).await.unwrap();
+        let addr = server.https_addr;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve_until(async {
+            let _ = rx.await;
+        }));
+        assert_eq!(get(addr, "/healthz", "").await.status, 200);
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("serve_until did not return")
+            .unwrap()
+            .unwrap();
+        assert!(connect(addr, &[b"http/1.1"]).await.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -508,6 +508,9 @@ impl Room {
                     PcKind::Publish => p.publish_pending = false,
                     // The media plane dropped the half-negotiated connection; start afresh.
                     PcKind::Subscribe => {
+                        // A new revision makes any offer still in flight stale, even if
+                        // nothing is left to offer now.
+                        p.subscribe.revision += 1;
                         p.subscribe.awaiting_answer = None;
                         p.subscribe.current.clear();
                     }
@@ -580,6 +583,7 @@ impl Room {
                         }
                     }
                     PcKind::Subscribe => {
+                        p.subscribe.revision += 1;
                         p.subscribe.awaiting_answer = None;
                         p.subscribe.dirty = false;
                         p.subscribe.current.clear();

@@ -54,7 +54,9 @@ static LOGGING: Once = Once::new();
 pub fn init_logging() {
     LOGGING.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,wardlink=debug,wardlink_tests=debug")
+            tracing_subscriber::EnvFilter::new(
+                "info,wardlink=debug,wardlink_tests=debug,rtc_dtls::config=error",
+            )
         });
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -135,6 +137,23 @@ impl TestServer {
         Ok(ed25519_dalek::SigningKey::from_bytes(
             &keys.signer.to_bytes(),
         ))
+    }
+
+    /// Signs a join token for `role` in an existing room with the server's key, valid from
+    /// now for an hour.
+    pub fn mint_token(&self, links: &RoomLinks, role: Role, name: &str) -> String {
+        let now = wardlink::server::unix_now();
+        wardlink::links::sign_link(
+            &self.server().state().keys.signer,
+            &self.server().base_url,
+            &links.room_id,
+            &links.title,
+            role,
+            name,
+            now,
+            now + 3600,
+        )
+        .token
     }
 
     /// Stops the server.

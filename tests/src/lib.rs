@@ -5,8 +5,10 @@
 //! - [`rtc_client`]: a full WebRTC participant on the async `webrtc` crate;
 //! - [`synthetic`]: self-describing media payloads, checked byte for byte on arrival;
 //! - [`tokens`]: join-token surgery (forged, tampered, expired) for negative tests;
+//! - [`checks`]: payload integrity, routing and delivery-ratio checks;
 //! - [`tls`]: trust pinned to the server's self-signed certificate.
 
+pub mod checks;
 pub mod harness;
 pub mod rtc_client;
 pub mod signal_client;

@@ -208,6 +208,18 @@ impl Observed {
         self.received_from(publisher, kind).len()
     }
 
+    /// Highest synthetic marker seq received from `publisher` (payloads tagged `tag`).
+    pub fn max_seq(&self, publisher: &str, tag: &str, kind: MediaKind) -> Option<u32> {
+        self.received_from(publisher, kind)
+            .iter()
+            .rev()
+            .take(64)
+            .filter_map(|p| parse_marker(&p.payload))
+            .filter(|m| m.tag == tag)
+            .map(|m| m.seq)
+            .max()
+    }
+
     /// Total received packets.
     pub fn total_received(&self) -> usize {
         self.received.values().map(Vec::len).sum()
@@ -342,14 +354,14 @@ impl Shared {
         (seq, keyframe)
     }
 
-    fn record_sent(&self, kind: MediaKind, seq: u32, payload: Bytes, keyframe: bool) {
+    fn record_sent(&self, kind: MediaKind, seq: u32, payload: Option<Bytes>, keyframe: bool) {
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         let list = match kind {
             MediaKind::Audio => &mut sent.audio,
             MediaKind::Video => &mut sent.video,
         };
         if let Some(slot) = list.get_mut(seq as usize) {
-            *slot = Some(payload);
+            *slot = payload;
         }
         if keyframe {
             sent.keyframes.push((seq, Instant::now()));
@@ -501,7 +513,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
                 return Ok(());
             }
             msg.message.packet = Packet::Rtcp(requests);
-            msg.message.add(Attribute::DeliverToApplication);
+            // msg.message.add(Attribute::DeliverToApplication);
         }
         self.read.push_back(msg);
         Ok(())
@@ -1217,9 +1229,12 @@ async fn run_writer(
             },
             payload: payload.clone(),
         };
+        // Logged before the write so a receiver can never see a payload the log lacks.
+        shared.record_sent(kind, seq, Some(payload), keyframe);
         match track.write_rtp(packet).await {
-            Ok(()) => shared.record_sent(kind, seq, payload, keyframe),
+            Ok(()) => {}
             Err(err) => {
+                shared.record_sent(kind, seq, None, false);
                 failures += 1;
                 if failures <= 3 {
                     shared.event(format!("{} write_rtp failed: {err}", kind_name(kind)));

@@ -136,7 +136,7 @@ mod tests {
             let _ = binding_request_local_ufrag(&req[..cut]);
         }
         let mut resp = req.clone();
-        resp[1] = 0x01; // 0x0101 = binding success response
+        resp[0] = 0x01; // 0x0101 = binding success response
         assert_eq!(binding_request_local_ufrag(&resp), None);
         let mut bad_len = req.clone();
         bad_len[2] = 0xFF;
