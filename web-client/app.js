@@ -486,8 +486,13 @@ async function join() {
   if (length > MAX_NAME_CHARS) return ui.setNameError('join_name_too_long');
   ui.setNameError(null);
   ui.setJoinBusy('join_connecting');
-  // Joining while the permission prompt is still open would publish nothing; wait for it.
-  await state.mediaPromise;
+  // Joining while the permission prompt is still open would publish nothing; wait for it
+  // (and for any retry the user started meanwhile).
+  let pending;
+  do {
+    pending = state.mediaPromise;
+    await pending;
+  } while (pending !== state.mediaPromise);
   state.displayName = name;
   state.leaving = false;
   state.fatal = null;

@@ -117,6 +117,7 @@ export function setJoinBusy(key) {
   joinBusy = key;
   $('join-button').disabled = Boolean(key);
   $('display-name').disabled = Boolean(key);
+  $('device-retry').disabled = Boolean(key);
   const status = $('join-status');
   status.hidden = !key;
   status.textContent = key ? t(key) : '';
@@ -178,25 +179,30 @@ export function setQuality(q) {
 let micState = { available: false, muted: false };
 let cameraState = { available: false, muted: false };
 
-/** Microphone button: disabled when there is no microphone; aria-pressed = muted. */
+/** Microphone button: disabled without a microphone; the label states the current state. */
 export function setMicState(state) {
   micState = state;
-  renderToggle($('mic-toggle'), state, 'i-mic', 'i-mic-off', 'mic_on', 'mic_off');
+  renderToggle($('mic-toggle'), state, 'i-mic', 'i-mic-off', 'mic');
 }
 
 /** Camera button, and the front/rear switch which only makes sense with a camera. */
 export function setCameraState(state) {
   cameraState = state;
-  renderToggle($('camera-toggle'), state, 'i-cam', 'i-cam-off', 'camera_on', 'camera_off');
+  renderToggle($('camera-toggle'), state, 'i-cam', 'i-cam-off', 'camera');
   $('camera-switch').hidden = !state.available;
 }
 
-function renderToggle(button, { available, muted }, iconOn, iconOff, labelOn, labelOff) {
+// The visible text says the current state ("マイク オフ"); the accessible name starts with the
+// same words (so voice control users can say what they see) and adds what a press does.
+function renderToggle(button, { available, muted }, iconOn, iconOff, prefix) {
+  const mode = !available ? 'none' : muted ? 'off' : 'on';
   button.disabled = !available;
-  button.setAttribute('aria-pressed', String(Boolean(muted)));
-  button.classList.toggle('is-off', Boolean(muted) || !available);
-  setIcon(button.querySelector('use'), muted || !available ? iconOff : iconOn);
-  button.querySelector('.btn-text').textContent = t(muted || !available ? labelOff : labelOn);
+  // Stable hook for tests and styling: "true" only when the user muted an existing device.
+  button.dataset.muted = String(mode === 'off');
+  button.classList.toggle('is-off', mode !== 'on');
+  setIcon(button.querySelector('use'), mode === 'on' ? iconOn : iconOff);
+  button.querySelector('.btn-text').textContent = t(`${prefix}_${mode}`);
+  button.setAttribute('aria-label', t(mode === 'none' ? `${prefix}_none` : `${prefix}_${mode}_aria`));
 }
 
 /** Busy state for the camera switch so a double tap cannot start two switches. */

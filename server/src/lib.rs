@@ -9,4 +9,5 @@ pub mod media;
 pub mod rooms;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod tls;

@@ -148,6 +148,7 @@ fn create_room(
     valid_hours: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
+    wardlink::links::validate_title(title)?;
     let hours = valid_hours.unwrap_or(config.link_valid_hours);
     if hours == 0 || hours > wardlink::config::MAX_LINK_VALID_HOURS {
         anyhow::bail!(
@@ -157,6 +158,13 @@ fn create_room(
     }
     if config.public_url.is_none() && config.listen.port() == 0 {
         anyhow::bail!("listen has port 0, so links cannot name the server's port; set public_url or a fixed port");
+    }
+    if !Keys::path(&config.data_dir).exists() {
+        eprintln!(
+            "warning: no signing key in {}; creating one. If the server uses another data_dir, \
+             these links will be rejected.",
+            config.data_dir.display()
+        );
     }
     let keys = Keys::load_or_create(&config.data_dir)?;
     let room = wardlink::links::create_room(

@@ -513,7 +513,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
                 return Ok(());
             }
             msg.message.packet = Packet::Rtcp(requests);
-            // msg.message.add(Attribute::DeliverToApplication);
+            msg.message.add(Attribute::DeliverToApplication);
         }
         self.read.push_back(msg);
         Ok(())
