@@ -44,6 +44,88 @@ pub struct Config {
     pub link_valid_hours: u64,
     /// Most participants one conference admits.
     pub max_participants_per_room: usize,
+    /// Authentication, sessions, TLS and audit settings (the `[security]` table).
+    pub security: SecurityConfig,
+    /// Rate and size limits (the `[limits]` table).
+    pub limits: LimitsConfig,
+}
+
+/// The `[security]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Also accept TLS 1.2 (for old clients that cannot do 1.3). Off by default.
+    pub allow_tls12: bool,
+    /// Extra origins (e.g. `https://conf.example.jp`) allowed to open `/ws`, besides the
+    /// server's own origin.
+    pub allowed_origins: Vec<String>,
+    /// A staff session ends after this many idle minutes.
+    pub session_idle_minutes: u64,
+    /// A staff session ends this many hours after login, however active.
+    pub session_absolute_hours: u64,
+    /// Consecutive failed logins that lock an account.
+    pub login_max_failures_per_account: u32,
+    /// Failed logins from one IP address within the lockout window that block that address.
+    pub login_max_failures_per_ip: u32,
+    /// How long an account or address stays locked, in minutes.
+    pub login_lockout_minutes: u64,
+    /// Record peer addresses in the audit log as `redacted` instead of the IP.
+    pub audit_redact_peer: bool,
+    /// Invitation links work from this many minutes before the scheduled time.
+    pub invitation_early_minutes: u64,
+    /// Invitation links stop working this many hours after the scheduled time.
+    pub invitation_late_hours: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            allow_tls12: false,
+            allowed_origins: Vec::new(),
+            session_idle_minutes: 15,
+            session_absolute_hours: 12,
+            login_max_failures_per_account: 5,
+            login_max_failures_per_ip: 20,
+            login_lockout_minutes: 15,
+            audit_redact_peer: false,
+            invitation_early_minutes: 60,
+            invitation_late_hours: 4,
+        }
+    }
+}
+
+/// The `[limits]` table. Each limit, when hit, is answered with its own error code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most conferences live at once (`room_limit`).
+    pub max_conferences: usize,
+    /// Largest signaling message in bytes (`message_too_large`).
+    pub max_message_bytes: usize,
+    /// Sustained signaling messages per second per connection (`rate_limited`).
+    pub ws_messages_per_second: u32,
+    /// Short bursts above the sustained rate allowed per connection.
+    pub ws_message_burst: u32,
+    /// WebSocket connections (join attempts) per minute per IP address (`rate_limited`).
+    pub joins_per_minute_per_ip: u32,
+    /// Login attempts per minute per IP address (`rate_limited`).
+    pub logins_per_minute_per_ip: u32,
+    /// A WebSocket that sends nothing for this many seconds is closed (`idle_timeout`).
+    pub ws_idle_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_conferences: 100,
+            max_message_bytes: 64 * 1024,
+            ws_messages_per_second: 20,
+            ws_message_burst: 60,
+            joins_per_minute_per_ip: 30,
+            logins_per_minute_per_ip: 10,
+            ws_idle_secs: 60,
+        }
+    }
 }
 
 impl Default for Config {
@@ -61,6 +143,8 @@ impl Default for Config {
             connect_timeout_secs: 10,
             link_valid_hours: 24,
             max_participants_per_room: 16,
+            security: SecurityConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The wardlink server library: configuration, TLS, HTTP/WebSocket shell, room registry and
 //! the SFU media plane. `main.rs` is a thin CLI over this.
 
+pub mod audit;
 pub mod config;
 pub mod http;
 pub mod keys;

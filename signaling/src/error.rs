@@ -34,6 +34,18 @@ pub enum ErrorCode {
     RateLimited,
     /// The server failed internally; the conference is unaffected.
     Internal,
+    /// The conference has ended; its links no longer work.
+    ConferenceEnded,
+    /// The invitation was revoked by staff.
+    InvitationRevoked,
+    /// The invitation's validity window (around the scheduled time) has not started yet.
+    NotYetValid,
+    /// The server is hosting as many conferences as it is configured for.
+    TooManyConferences,
+    /// The socket sent nothing for longer than the idle limit.
+    IdleTimeout,
+    /// The participant named in the message is not present (or not waiting).
+    UnknownParticipant,
 }
 
 impl ErrorCode {
@@ -54,6 +66,12 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::ConferenceEnded => "conference_ended",
+            ErrorCode::InvitationRevoked => "invitation_revoked",
+            ErrorCode::NotYetValid => "not_yet_valid",
+            ErrorCode::TooManyConferences => "too_many_conferences",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::UnknownParticipant => "unknown_participant",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Pure logic: no sockets, no clocks (time comes in as an argument), no async.
 
 pub mod error;
+pub mod permissions;
 pub mod protocol;
 pub mod role;
 pub mod room;

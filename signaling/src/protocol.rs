@@ -39,6 +39,8 @@ pub enum MediaKind {
     Audio,
     /// Camera (VP8 or H.264).
     Video,
+    /// Screen share (a second video track; needs the publish-screen right).
+    Screen,
 }
 
 /// One ICE candidate, shaped like the browser's `RTCIceCandidateInit`.
@@ -71,11 +73,19 @@ pub enum ClientMessage {
         /// Overrides the display name in the token (trimmed, 1..=64 chars).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         display_name: Option<String>,
+        /// A random secret the browser keeps for this device (16..=128 chars). An
+        /// invitation is bound to the first device that uses it; another device must be
+        /// admitted by the host again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
     },
     /// SDP offer on the publish connection (first publish or renegotiation).
     PublishOffer {
         /// Offer SDP.
         sdp: String,
+        /// The `a=mid` of the media section that carries a screen share, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        screen_mid: Option<String>,
     },
     /// Stop publishing: the server closes the publish connection and removes the tracks.
     Unpublish,
@@ -100,6 +110,36 @@ pub enum ClientMessage {
         /// New state.
         muted: bool,
     },
+    /// Let a waiting participant in (needs the admit right).
+    Admit {
+        /// Who.
+        participant_id: ParticipantId,
+    },
+    /// Refuse a waiting participant (needs the admit right).
+    Deny {
+        /// Who.
+        participant_id: ParticipantId,
+    },
+    /// Remove a participant from the conference (needs the remove right).
+    Remove {
+        /// Who.
+        participant_id: ParticipantId,
+    },
+    /// Mute another participant's microphone, camera or screen (needs the mute-others
+    /// right). The server stops forwarding it until that participant unmutes themself.
+    MuteParticipant {
+        /// Who.
+        participant_id: ParticipantId,
+        /// Which track.
+        kind: MediaKind,
+    },
+    /// Pass host rights to a staff member (host only; never to a guest).
+    TransferHost {
+        /// The new host.
+        participant_id: ParticipantId,
+    },
+    /// End the conference for everyone (needs the end right).
+    EndConference,
     /// Keep-alive; answered with [`ServerMessage::Pong`].
     Ping,
     /// Leave the conference; the server answers [`ServerMessage::Bye`] and closes.
@@ -134,6 +174,21 @@ pub struct TrackDescription {
     pub kind: MediaKind,
 }
 
+/// A participant in the waiting room, as shown to those who may admit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingEntry {
+    /// Participant id (use it in `admit` / `deny`).
+    pub id: ParticipantId,
+    /// Display name.
+    pub display_name: String,
+    /// Role from the invitation.
+    pub role: Role,
+    /// The invitation (token id) used to join.
+    pub invitation: String,
+    /// The invitation was first used from another device.
+    pub second_device: bool,
+}
+
 /// Messages sent by the server to the client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -154,6 +209,31 @@ pub enum ServerMessage {
         display_name: String,
         /// Everyone present, you included.
         roster: Vec<RosterEntry>,
+    },
+    /// You are in the waiting room until someone with the admit right lets you in; then
+    /// [`ServerMessage::Joined`] follows. Nothing else (no roster, no media) arrives before.
+    Waiting {
+        /// Your participant id.
+        participant_id: ParticipantId,
+        /// Conference title.
+        room_title: String,
+        /// Your display name.
+        display_name: String,
+        /// Your role.
+        role: Role,
+    },
+    /// Who is in the waiting room (sent to those who may admit, after every change).
+    Lobby {
+        /// Waiting participants, in arrival order.
+        waiting: Vec<WaitingEntry>,
+    },
+    /// Someone with the mute right muted your track; the server stops forwarding it
+    /// until you unmute.
+    MutedBy {
+        /// Which track.
+        kind: MediaKind,
+        /// Who muted it.
+        by: ParticipantId,
     },
     /// Full roster after any change (join, leave, mute, publish).
     Roster {
@@ -199,7 +279,10 @@ pub enum ServerMessage {
         /// Whether the server closes the connection after this message.
         fatal: bool,
     },
-    /// The server ends the session (after leave, removal or conference end).
+    /// The server ends the session. `reason` is one of `left` (you asked), `denied` (not
+    /// admitted), `removed` (removed by the host), `ended` (the conference ended),
+    /// `replaced` (you joined again elsewhere). Clients must not rejoin automatically after
+    /// `denied`, `removed` or `ended`.
     Bye {
         /// Why.
         reason: String,

@@ -12,14 +12,22 @@
 //! - subscribe connection: the server offers, the client answers; one offer in flight per
 //!   participant, and a change of the desired track set while an offer is out is remembered
 //!   and re-offered after the answer, which is what keeps the two sides from offering at once.
+//!
+//! Access rules:
+//! - whoever the shell marks `must_wait` (every guest, and staff on a second device) waits
+//!   in the waiting room: they get [`ServerMessage::Waiting`] and nothing else (no roster,
+//!   no media, no lobby) until someone with the admit right admits them;
+//! - every action is checked against [`crate::permissions::allowed`] for the actor's
+//!   current role.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::error::ErrorCode;
+use crate::permissions::{allowed, Action};
 use crate::protocol::{
     ClientMessage, MediaKind, ParticipantId, PcKind, RosterEntry, ServerMessage, TrackDescription,
-    PROTOCOL_VERSION,
+    WaitingEntry, PROTOCOL_VERSION,
 };
 use crate::role::Role;
 
@@ -46,6 +54,12 @@ pub enum Input {
         display_name: String,
         /// Role from the token.
         role: Role,
+        /// The invitation (token id) used, shown to whoever admits.
+        invitation: String,
+        /// Put them in the waiting room (guests; staff on a second device).
+        must_wait: bool,
+        /// The invitation was first used from another device.
+        second_device: bool,
     },
     /// A message from a joined participant (never `Join`: the shell handles that).
     Client {
@@ -124,6 +138,17 @@ pub enum MediaCommand {
         participant: ParticipantId,
         /// Offer SDP.
         sdp: String,
+        /// The media section carrying a screen share (already permission-checked).
+        screen_mid: Option<String>,
+    },
+    /// Stop (or resume) forwarding one of a publisher's tracks, after a mute by others.
+    Suppress {
+        /// Publisher.
+        participant: ParticipantId,
+        /// Which track.
+        kind: MediaKind,
+        /// `true` to stop forwarding.
+        suppressed: bool,
     },
     /// Close the publish connection and stop forwarding the participant's media.
     Unpublish {
@@ -180,6 +205,19 @@ pub enum Output {
     },
     /// A command for the media plane.
     Media(MediaCommand),
+    /// Something the audit log must record.
+    Audit {
+        /// Who acted.
+        actor: ParticipantId,
+        /// Stable action name (`join`, `waiting`, `admit`, `deny`, `remove`, `leave`,
+        /// `mute_others`, `role_changed`, `conference_ended`).
+        action: &'static str,
+        /// Whom it was done to, if someone else.
+        subject: Option<ParticipantId>,
+    },
+    /// The conference was ended by the host: the shell marks it ended so its links stop
+    /// working.
+    Ended,
     /// The last participant left; the shell may drop the room.
     Empty,
 }
@@ -217,6 +255,13 @@ struct Participant {
     display_name: String,
     role: Role,
     joined_at: Instant,
+    /// Admitted (or never needed admission); `false` while in the waiting room.
+    admitted: bool,
+    invitation: String,
+    second_device: bool,
+    /// Tracks muted by someone else; not forwarded until the owner unmutes.
+    forced_mute: BTreeSet<MediaKind>,
+    screen_muted: bool,
     audio_muted: bool,
     video_muted: bool,
     publishing: BTreeSet<MediaKind>,
@@ -232,6 +277,7 @@ pub struct Room {
     title: String,
     limits: RoomLimits,
     participants: BTreeMap<ParticipantId, Participant>,
+    ended: bool,
 }
 
 impl Room {
@@ -242,6 +288,7 @@ impl Room {
             title: title.into(),
             limits,
             participants: BTreeMap::new(),
+            ended: false,
         }
     }
 
@@ -260,16 +307,22 @@ impl Room {
         self.participants.is_empty()
     }
 
-    /// Whether `participant` is present.
+    /// Whether `participant` is present (admitted or waiting).
     pub fn contains(&self, participant: &str) -> bool {
         self.participants.contains_key(participant)
     }
 
-    /// The current roster, in join order.
+    /// Whether the host ended the conference.
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The current roster of admitted participants, in join order.
     pub fn roster(&self) -> Vec<RosterEntry> {
         let mut entries: Vec<(&Instant, RosterEntry)> = self
             .participants
             .iter()
+            .filter(|(_, p)| p.admitted)
             .map(|(id, p)| {
                 (
                     &p.joined_at,
@@ -296,7 +349,21 @@ impl Room {
                 participant,
                 display_name,
                 role,
-            } => self.join(now, participant, display_name, role, &mut out),
+                invitation,
+                must_wait,
+                second_device,
+            } => self.join(
+                now,
+                NewParticipant {
+                    id: participant,
+                    display_name,
+                    role,
+                    invitation,
+                    must_wait,
+                    second_device,
+                },
+                &mut out,
+            ),
             Input::Client {
                 participant,
                 message,
@@ -307,14 +374,13 @@ impl Room {
         out
     }
 
-    fn join(
-        &mut self,
-        now: Instant,
-        id: ParticipantId,
-        display_name: String,
-        role: Role,
-        out: &mut Vec<Output>,
-    ) {
+    fn join(&mut self, now: Instant, new: NewParticipant, out: &mut Vec<Output>) {
+        let id = new.id;
+        if self.ended {
+            error_to(out, &id, ErrorCode::ConferenceEnded, "the conference has ended", true);
+            out.push(Output::Close { participant: id });
+            return;
+        }
         if self.participants.contains_key(&id) {
             error_to(out, &id, ErrorCode::OutOfOrder, "already joined", false);
             return;
@@ -330,7 +396,7 @@ impl Room {
             out.push(Output::Close { participant: id });
             return;
         }
-        let display_name = match validate_display_name(&display_name) {
+        let display_name = match validate_display_name(&new.display_name) {
             Ok(name) => name,
             Err(message) => {
                 error_to(out, &id, ErrorCode::InvalidField, message, true);
@@ -338,12 +404,18 @@ impl Room {
                 return;
             }
         };
+        let admitted = !new.must_wait && allowed(new.role, Action::SkipWaitingRoom);
         self.participants.insert(
             id.clone(),
             Participant {
                 display_name: display_name.clone(),
-                role,
+                role: new.role,
                 joined_at: now,
+                admitted,
+                invitation: new.invitation,
+                second_device: new.second_device,
+                forced_mute: BTreeSet::new(),
+                screen_muted: false,
                 audio_muted: false,
                 video_muted: false,
                 publishing: BTreeSet::new(),
@@ -351,21 +423,120 @@ impl Room {
                 subscribe: SubscribeState::default(),
             },
         );
+        if admitted {
+            out.push(Output::Audit {
+                actor: id.clone(),
+                action: "join",
+                subject: None,
+            });
+            self.enter(&id, out);
+        } else {
+            out.push(Output::Audit {
+                actor: id.clone(),
+                action: "waiting",
+                subject: None,
+            });
+            out.push(Output::Send {
+                to: id.clone(),
+                message: ServerMessage::Waiting {
+                    participant_id: id.clone(),
+                    room_title: self.title.clone(),
+                    display_name,
+                    role: new.role,
+                },
+            });
+            self.broadcast_lobby(out);
+        }
+    }
+
+    /// Brings an admitted participant into the conference: `joined`, roster, media.
+    fn enter(&mut self, id: &str, out: &mut Vec<Output>) {
+        let Some(p) = self.participants.get(id) else {
+            return;
+        };
         out.push(Output::Send {
-            to: id.clone(),
+            to: id.to_string(),
             message: ServerMessage::Joined {
                 protocol: PROTOCOL_VERSION,
-                participant_id: id.clone(),
+                participant_id: id.to_string(),
                 room_id: self.id.clone(),
                 room_title: self.title.clone(),
-                role,
-                display_name,
+                role: p.role,
+                display_name: p.display_name.clone(),
                 roster: self.roster(),
             },
         });
-        self.broadcast_roster_except(Some(&id), out);
+        if allowed(p.role, Action::Admit) {
+            self.send_lobby_to(id, out);
+        }
+        self.broadcast_roster_except(Some(id), out);
         // The newcomer subscribes to whatever is already published.
-        self.reconcile_subscription(&id, out);
+        self.reconcile_subscription(id, out);
+    }
+
+    fn waiting_entries(&self) -> Vec<WaitingEntry> {
+        let mut w: Vec<(&Instant, WaitingEntry)> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| !p.admitted)
+            .map(|(id, p)| {
+                (
+                    &p.joined_at,
+                    WaitingEntry {
+                        id: id.clone(),
+                        display_name: p.display_name.clone(),
+                        role: p.role,
+                        invitation: p.invitation.clone(),
+                        second_device: p.second_device,
+                    },
+                )
+            })
+            .collect();
+        w.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        w.into_iter().map(|(_, e)| e).collect()
+    }
+
+    fn send_lobby_to(&self, id: &str, out: &mut Vec<Output>) {
+        out.push(Output::Send {
+            to: id.to_string(),
+            message: ServerMessage::Lobby {
+                waiting: self.waiting_entries(),
+            },
+        });
+    }
+
+    /// Tells everyone present who may admit about the waiting room.
+    fn broadcast_lobby(&self, out: &mut Vec<Output>) {
+        for (id, p) in &self.participants {
+            if p.admitted && allowed(p.role, Action::Admit) {
+                self.send_lobby_to(id, out);
+            }
+        }
+    }
+
+    /// Checks that `actor` may do `action` to an admitted (or, for admit/deny, waiting)
+    /// participant `target`; answers the error itself and returns `false` otherwise.
+    fn check_target(&self, actor: &str, action: Action, target: &str, want_waiting: bool, out: &mut Vec<Output>) -> bool {
+        let Some(a) = self.participants.get(actor) else {
+            return false;
+        };
+        if !allowed(a.role, action) {
+            error_to(out, actor, ErrorCode::Forbidden, "your role does not allow this", false);
+            return false;
+        }
+        match self.participants.get(target) {
+            Some(t) if t.admitted != want_waiting && target != actor => true,
+            _ => {
+                error_to(
+                    out,
+                    actor,
+                    ErrorCode::UnknownParticipant,
+                    if want_waiting { "nobody with that id is waiting" } else { "nobody else with that id is present" },
+                    false,
+                );
+                false
+            }
+        }
     }
 
     fn client(&mut self, id: ParticipantId, message: ClientMessage, out: &mut Vec<Output>) {
@@ -373,11 +544,129 @@ impl Room {
             error_to(out, &id, ErrorCode::OutOfOrder, "join first", false);
             return;
         };
+        if !p.admitted && !matches!(message, ClientMessage::Ping | ClientMessage::Leave) {
+            error_to(
+                out,
+                &id,
+                ErrorCode::Forbidden,
+                "you are in the waiting room until the host admits you",
+                false,
+            );
+            return;
+        }
         match message {
+            ClientMessage::Admit { participant_id } => {
+                if self.check_target(&id, Action::Admit, &participant_id, true, out) {
+                    if let Some(t) = self.participants.get_mut(&participant_id) {
+                        t.admitted = true;
+                    }
+                    out.push(Output::Audit {
+                        actor: id,
+                        action: "admit",
+                        subject: Some(participant_id.clone()),
+                    });
+                    self.enter(&participant_id, out);
+                    self.broadcast_lobby(out);
+                }
+            }
+            ClientMessage::Deny { participant_id } => {
+                if self.check_target(&id, Action::Admit, &participant_id, true, out) {
+                    out.push(Output::Audit {
+                        actor: id,
+                        action: "deny",
+                        subject: Some(participant_id.clone()),
+                    });
+                    self.remove(&participant_id, Some("denied"), out);
+                }
+            }
+            ClientMessage::Remove { participant_id } => {
+                if self.check_target(&id, Action::Remove, &participant_id, false, out) {
+                    out.push(Output::Audit {
+                        actor: id,
+                        action: "remove",
+                        subject: Some(participant_id.clone()),
+                    });
+                    self.remove(&participant_id, Some("removed"), out);
+                }
+            }
+            ClientMessage::MuteParticipant { participant_id, kind } => {
+                if self.check_target(&id, Action::MuteOthers, &participant_id, false, out) {
+                    if let Some(t) = self.participants.get_mut(&participant_id) {
+                        t.forced_mute.insert(kind);
+                        *t.muted_flag(kind) = true;
+                    }
+                    out.push(Output::Audit {
+                        actor: id.clone(),
+                        action: "mute_others",
+                        subject: Some(participant_id.clone()),
+                    });
+                    out.push(Output::Media(MediaCommand::Suppress {
+                        participant: participant_id.clone(),
+                        kind,
+                        suppressed: true,
+                    }));
+                    out.push(Output::Send {
+                        to: participant_id,
+                        message: ServerMessage::MutedBy { kind, by: id },
+                    });
+                    self.broadcast_roster_except(None, out);
+                }
+            }
+            ClientMessage::TransferHost { participant_id } => {
+                let actor_is_host = self.participants.get(&id).is_some_and(|a| a.role == Role::Host);
+                let target_ok = self
+                    .participants
+                    .get(&participant_id)
+                    .is_some_and(|t| t.admitted && allowed(t.role, Action::ReceiveHost) && participant_id != id);
+                if !actor_is_host || !target_ok {
+                    error_to(
+                        out,
+                        &id,
+                        ErrorCode::Forbidden,
+                        "only the host can pass host rights, and only to staff who are present",
+                        false,
+                    );
+                    return;
+                }
+                if let Some(a) = self.participants.get_mut(&id) {
+                    a.role = Role::Staff;
+                }
+                if let Some(t) = self.participants.get_mut(&participant_id) {
+                    t.role = Role::Host;
+                }
+                out.push(Output::Audit {
+                    actor: id,
+                    action: "role_changed",
+                    subject: Some(participant_id),
+                });
+                self.broadcast_roster_except(None, out);
+            }
+            ClientMessage::EndConference => {
+                let role = self.participants.get(&id).map(|a| a.role);
+                if !role.is_some_and(|r| allowed(r, Action::EndConference)) {
+                    error_to(out, &id, ErrorCode::Forbidden, "your role does not allow this", false);
+                    return;
+                }
+                out.push(Output::Audit {
+                    actor: id,
+                    action: "conference_ended",
+                    subject: None,
+                });
+                self.ended = true;
+                out.push(Output::Ended);
+                let everyone: Vec<ParticipantId> = self.participants.keys().cloned().collect();
+                for pid in everyone {
+                    self.remove(&pid, Some("ended"), out);
+                }
+            }
             ClientMessage::Join { .. } => {
                 error_to(out, &id, ErrorCode::OutOfOrder, "already joined", false);
             }
-            ClientMessage::PublishOffer { sdp } => {
+            ClientMessage::PublishOffer { sdp, screen_mid } => {
+                if screen_mid.is_some() && !allowed(p.role, Action::PublishScreen) {
+                    error_to(out, &id, ErrorCode::Forbidden, "your role may not share a screen", false);
+                    return;
+                }
                 if p.publish_pending {
                     error_to(
                         out,
@@ -402,6 +691,7 @@ impl Room {
                 out.push(Output::Media(MediaCommand::Publish {
                     participant: id,
                     sdp,
+                    screen_mid,
                 }));
             }
             ClientMessage::Unpublish => {
@@ -464,10 +754,15 @@ impl Room {
                 }));
             }
             ClientMessage::Mute { kind, muted } => {
-                let field = match kind {
-                    MediaKind::Audio => &mut p.audio_muted,
-                    MediaKind::Video => &mut p.video_muted,
-                };
+                // Unmuting yourself lifts a mute imposed by someone else.
+                if !muted && p.forced_mute.remove(&kind) {
+                    out.push(Output::Media(MediaCommand::Suppress {
+                        participant: id.clone(),
+                        kind,
+                        suppressed: false,
+                    }));
+                }
+                let field = p.muted_flag(kind);
                 if *field != muted {
                     *field = muted;
                     self.broadcast_roster_except(None, out);
@@ -596,9 +891,14 @@ impl Room {
 
     /// Removes a participant (leave or disconnect) and tells everyone else.
     fn remove(&mut self, id: &str, bye: Option<&str>, out: &mut Vec<Output>) {
-        if self.participants.remove(id).is_none() {
+        let Some(gone) = self.participants.remove(id) else {
             return;
-        }
+        };
+        out.push(Output::Audit {
+            actor: id.to_string(),
+            action: "leave",
+            subject: None,
+        });
         if let Some(reason) = bye {
             out.push(Output::Send {
                 to: id.to_string(),
@@ -617,14 +917,18 @@ impl Room {
             out.push(Output::Empty);
             return;
         }
-        self.broadcast_roster_except(None, out);
-        self.reconcile_all_except(id, out);
+        if gone.admitted {
+            self.broadcast_roster_except(None, out);
+            self.reconcile_all_except(id, out);
+        } else {
+            self.broadcast_lobby(out);
+        }
     }
 
     fn broadcast_roster_except(&self, except: Option<&str>, out: &mut Vec<Output>) {
         let roster = self.roster();
-        for id in self.participants.keys() {
-            if Some(id.as_str()) == except {
+        for (id, p) in &self.participants {
+            if Some(id.as_str()) == except || !p.admitted {
                 continue;
             }
             out.push(Output::Send {
@@ -639,9 +943,9 @@ impl Room {
     fn reconcile_all_except(&mut self, except: &str, out: &mut Vec<Output>) {
         let ids: Vec<ParticipantId> = self
             .participants
-            .keys()
-            .filter(|id| id.as_str() != except)
-            .cloned()
+            .iter()
+            .filter(|(id, p)| id.as_str() != except && p.admitted)
+            .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
             self.reconcile_subscription(&id, out);
@@ -652,7 +956,7 @@ impl Room {
     fn desired_tracks(&self, subscriber: &str) -> Vec<TrackRef> {
         self.participants
             .iter()
-            .filter(|(id, _)| id.as_str() != subscriber)
+            .filter(|(id, p)| id.as_str() != subscriber && p.admitted)
             .flat_map(|(id, p)| {
                 p.publishing.iter().map(move |kind| TrackRef {
                     publisher: id.clone(),
@@ -669,6 +973,10 @@ impl Room {
         let Some(p) = self.participants.get_mut(id) else {
             return;
         };
+        // Nothing reaches the waiting room, media included.
+        if !p.admitted {
+            return;
+        }
         if p.subscribe.awaiting_answer.is_some() {
             p.subscribe.dirty = p.subscribe.dirty || desired != p.subscribe.current;
             return;
@@ -685,6 +993,26 @@ impl Room {
             revision: p.subscribe.revision,
             tracks: desired,
         }));
+    }
+}
+
+/// What the shell knows about someone joining.
+struct NewParticipant {
+    id: ParticipantId,
+    display_name: String,
+    role: Role,
+    invitation: String,
+    must_wait: bool,
+    second_device: bool,
+}
+
+impl Participant {
+    fn muted_flag(&mut self, kind: MediaKind) -> &mut bool {
+        match kind {
+            MediaKind::Audio => &mut self.audio_muted,
+            MediaKind::Video => &mut self.video_muted,
+            MediaKind::Screen => &mut self.screen_muted,
+        }
     }
 }
 

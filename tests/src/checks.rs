@@ -36,7 +36,10 @@ impl PublisherInfo {
 /// Checks every payload `receiver` got: it must come from a known publisher other than the
 /// receiver, carry that publisher's tag and the stream's kind, and equal byte for byte the
 /// payload the publisher sent under that sequence number. Returns the problems found.
-pub fn verify_received_payloads(receiver: &Participant, publishers: &[PublisherInfo]) -> Vec<String> {
+pub fn verify_received_payloads(
+    receiver: &Participant,
+    publishers: &[PublisherInfo],
+) -> Vec<String> {
     let mut problems = Vec::new();
     let own_id = receiver.id().to_owned();
     let own_tag = receiver.tag().to_owned();
@@ -109,7 +112,12 @@ pub fn verify_received_payloads(receiver: &Participant, publishers: &[PublisherI
 }
 
 /// Distinct marker seqs in `range` that `receiver` got from `publisher`'s `kind` stream.
-pub fn received_seqs(receiver: &Participant, publisher: &PublisherInfo, kind: MediaKind, range: Range<u32>) -> BTreeSet<u32> {
+pub fn received_seqs(
+    receiver: &Participant,
+    publisher: &PublisherInfo,
+    kind: MediaKind,
+    range: Range<u32>,
+) -> BTreeSet<u32> {
     receiver.observe(|o| {
         o.received_from(&publisher.id, kind)
             .iter()
@@ -132,7 +140,12 @@ pub fn sent_in(publisher: &PublisherInfo, kind: MediaKind, range: Range<u32>) ->
 }
 
 /// Highest marker seq `receiver` has seen from `publisher`'s `kind` stream.
-pub fn max_seq_received(receiver: &Participant, publisher_id: &str, publisher_tag: &str, kind: MediaKind) -> Option<u32> {
+pub fn max_seq_received(
+    receiver: &Participant,
+    publisher_id: &str,
+    publisher_tag: &str,
+    kind: MediaKind,
+) -> Option<u32> {
     receiver.observe(|o| o.max_seq(publisher_id, publisher_tag, kind))
 }
 
@@ -148,10 +161,14 @@ pub async fn wait_receiving(
     receiver
         .wait_until(
             timeout,
-            &format!("{} receiving ≥{audio} audio and ≥{video} video packets from each of {names:?}", receiver.tag()),
+            &format!(
+                "{} receiving ≥{audio} audio and ≥{video} video packets from each of {names:?}",
+                receiver.tag()
+            ),
             |o| {
                 from.iter().all(|(id, _)| {
-                    o.count_from(id, MediaKind::Audio) >= audio && o.count_from(id, MediaKind::Video) >= video
+                    o.count_from(id, MediaKind::Audio) >= audio
+                        && o.count_from(id, MediaKind::Video) >= video
                 })
             },
         )
@@ -169,18 +186,22 @@ pub async fn wait_growth(
     what: &str,
 ) -> anyhow::Result<()> {
     receiver
-        .wait_until(timeout, &format!("{}: counts growing by {more} ({what})", receiver.tag()), |o| {
-            from.iter().all(|id| {
-                [MediaKind::Audio, MediaKind::Video].iter().all(|kind| {
-                    let base = baseline
-                        .iter()
-                        .find(|(b_id, b_kind, _)| b_id == id && b_kind == kind)
-                        .map(|b| b.2)
-                        .unwrap_or(0);
-                    o.count_from(id, *kind) >= base + more
+        .wait_until(
+            timeout,
+            &format!("{}: counts growing by {more} ({what})", receiver.tag()),
+            |o| {
+                from.iter().all(|id| {
+                    [MediaKind::Audio, MediaKind::Video].iter().all(|kind| {
+                        let base = baseline
+                            .iter()
+                            .find(|(b_id, b_kind, _)| b_id == id && b_kind == kind)
+                            .map(|b| b.2)
+                            .unwrap_or(0);
+                        o.count_from(id, *kind) >= base + more
+                    })
                 })
-            })
-        })
+            },
+        )
         .await
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use wardlink_signaling::protocol::{ClientMessage, ServerMessage, MAX_MESSAGE_BYTES};
 use wardlink_signaling::{ErrorCode, Role, PROTOCOL_VERSION};
-use wardlink_tests::checks::{counts, verify_received_payloads, wait_growth, wait_receiving, PublisherInfo};
+use wardlink_tests::checks::{
+    counts, verify_received_payloads, wait_growth, wait_receiving, PublisherInfo,
+};
 use wardlink_tests::harness::{token_for, TestServer};
 use wardlink_tests::rtc_client::{Participant, ParticipantOptions};
 use wardlink_tests::signal_client::SignalClient;
@@ -25,7 +27,10 @@ async fn expect_code(client: &mut SignalClient, code: ErrorCode, what: &str) -> 
         .expect_error(WAIT)
         .await
         .with_context(|| format!("{what}: expected error {code}"))?;
-    ensure!(got == code, "{what}: expected error {code}, got {got} ({message})");
+    ensure!(
+        got == code,
+        "{what}: expected error {code}, got {got} ({message})"
+    );
     ensure!(!fatal, "{what}: {code} should not be fatal ({message})");
     client
         .ping(WAIT)
@@ -36,7 +41,12 @@ async fn expect_code(client: &mut SignalClient, code: ErrorCode, what: &str) -> 
 
 /// Expects a join-time refusal with `code`; if the server calls it fatal, the socket must
 /// actually close.
-async fn expect_refused_join(server: &TestServer, token: &str, code: ErrorCode, what: &str) -> anyhow::Result<()> {
+async fn expect_refused_join(
+    server: &TestServer,
+    token: &str,
+    code: ErrorCode,
+    what: &str,
+) -> anyhow::Result<()> {
     let mut client = SignalClient::connect(&server.ws_url, &server.tls).await?;
     client.send(&ClientMessage::Join {
         protocol: PROTOCOL_VERSION,
@@ -45,12 +55,23 @@ async fn expect_refused_join(server: &TestServer, token: &str, code: ErrorCode, 
     })?;
     let (got, message, fatal) = client
         .wait_for(WAIT, &format!("{what}: error {code}"), |m| match m {
-            ServerMessage::Error { code, message, fatal } => Some((*code, message.clone(), *fatal)),
-            ServerMessage::Joined { participant_id, .. } => Some((ErrorCode::Internal, format!("JOINED as {participant_id}"), false)),
+            ServerMessage::Error {
+                code,
+                message,
+                fatal,
+            } => Some((*code, message.clone(), *fatal)),
+            ServerMessage::Joined { participant_id, .. } => Some((
+                ErrorCode::Internal,
+                format!("JOINED as {participant_id}"),
+                false,
+            )),
             _ => None,
         })
         .await?;
-    ensure!(got == code, "{what}: expected {code}, got {got} ({message})");
+    ensure!(
+        got == code,
+        "{what}: expected {code}, got {got} ({message})"
+    );
     ensure!(
         !message.contains(token),
         "{what}: the error message echoes the token back"
@@ -93,7 +114,8 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         let baseline: Vec<_> = pair
             .iter()
             .map(|p| {
-                let others: Vec<String> = ids(&pair).into_iter().filter(|id| id != p.id()).collect();
+                let others: Vec<String> =
+                    ids(&pair).into_iter().filter(|id| id != p.id()).collect();
                 (counts(p, &others), others)
             })
             .collect();
@@ -106,8 +128,22 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
             anyhow::Ok(())
         }
     };
-    wait_receiving(&nurse, &[(caremgr.id().to_owned(), "caremgr".into())], 20, 10, Duration::from_secs(30)).await?;
-    wait_receiving(&caremgr, &[(nurse.id().to_owned(), "nurse".into())], 20, 10, Duration::from_secs(30)).await?;
+    wait_receiving(
+        &nurse,
+        &[(caremgr.id().to_owned(), "caremgr".into())],
+        20,
+        10,
+        Duration::from_secs(30),
+    )
+    .await?;
+    wait_receiving(
+        &caremgr,
+        &[(nurse.id().to_owned(), "nurse".into())],
+        20,
+        10,
+        Duration::from_secs(30),
+    )
+    .await?;
 
     // --- Before join, on one connection: each error is answered and the socket survives.
     let before = flowing("during pre-join attacks");
@@ -134,14 +170,31 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         sdp: "v=0\r\n".into(),
         revision: 1,
     })?;
-    expect_code(&mut raw, ErrorCode::OutOfOrder, "subscribe_answer before join").await?;
+    expect_code(
+        &mut raw,
+        ErrorCode::OutOfOrder,
+        "subscribe_answer before join",
+    )
+    .await?;
     before.await?;
 
     // --- Join-time refusals.
     let during_tokens = flowing("during token attacks");
     let genuine = token_for(&links, Role::Surveyor)?;
-    expect_refused_join(&server, &tokens::forge(&genuine)?, ErrorCode::InvalidToken, "forged token").await?;
-    expect_refused_join(&server, &tokens::tamper(&genuine)?, ErrorCode::InvalidToken, "tampered token").await?;
+    expect_refused_join(
+        &server,
+        &tokens::forge(&genuine)?,
+        ErrorCode::InvalidToken,
+        "forged token",
+    )
+    .await?;
+    expect_refused_join(
+        &server,
+        &tokens::tamper(&genuine)?,
+        ErrorCode::InvalidToken,
+        "tampered token",
+    )
+    .await?;
     let key = server.signing_key()?;
     let expired = tokens::resign_with(&genuine, &key, |claims| {
         let now = tokens::unix_now();
@@ -149,8 +202,20 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         claims.insert("exp".into(), (now - 60).into());
     })?;
     expect_refused_join(&server, &expired, ErrorCode::TokenExpired, "expired token").await?;
-    expect_refused_join(&server, "not-a-token", ErrorCode::InvalidToken, "garbage token").await?;
-    expect_refused_join(&server, &format!("{genuine}x"), ErrorCode::InvalidToken, "token with trailing junk").await?;
+    expect_refused_join(
+        &server,
+        "not-a-token",
+        ErrorCode::InvalidToken,
+        "garbage token",
+    )
+    .await?;
+    expect_refused_join(
+        &server,
+        &format!("{genuine}x"),
+        ErrorCode::InvalidToken,
+        "token with trailing junk",
+    )
+    .await?;
     during_tokens.await?;
 
     // --- After join: a participant that misbehaves (joined with a valid family link).
@@ -171,21 +236,54 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         sdp: "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n".into(),
         revision: revision.wrapping_add(1000),
     })?;
-    expect_code(&mut rogue, ErrorCode::OutOfOrder, "subscribe_answer with no such offer outstanding").await?;
+    expect_code(
+        &mut rogue,
+        ErrorCode::OutOfOrder,
+        "subscribe_answer with no such offer outstanding",
+    )
+    .await?;
     rogue.send(&ClientMessage::PublishOffer {
         sdp: "hello, I am definitely an SDP offer".into(),
     })?;
-    expect_code(&mut rogue, ErrorCode::InvalidSdp, "publish_offer with garbage SDP").await?;
+    expect_code(
+        &mut rogue,
+        ErrorCode::InvalidSdp,
+        "publish_offer with garbage SDP",
+    )
+    .await?;
     rogue.send(&ClientMessage::PublishOffer {
         sdp: SDP_SHAPED_GARBAGE.into(),
     })?;
-    expect_code(&mut rogue, ErrorCode::InvalidSdp, "publish_offer with SDP-shaped garbage").await?;
+    expect_code(
+        &mut rogue,
+        ErrorCode::InvalidSdp,
+        "publish_offer with SDP-shaped garbage",
+    )
+    .await?;
     rogue.send_text("[1,2,")?;
-    expect_code(&mut rogue, ErrorCode::MalformedJson, "malformed JSON after join").await?;
+    expect_code(
+        &mut rogue,
+        ErrorCode::MalformedJson,
+        "malformed JSON after join",
+    )
+    .await?;
     rogue.send_text(r#"{"type":"kick","participant":"everyone"}"#)?;
-    expect_code(&mut rogue, ErrorCode::UnknownType, "unknown type after join").await?;
-    rogue.send_text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES)))?;
-    expect_code(&mut rogue, ErrorCode::MessageTooLarge, "message over 64 KiB after join").await?;
+    expect_code(
+        &mut rogue,
+        ErrorCode::UnknownType,
+        "unknown type after join",
+    )
+    .await?;
+    rogue.send_text(format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(MAX_MESSAGE_BYTES)
+    ))?;
+    expect_code(
+        &mut rogue,
+        ErrorCode::MessageTooLarge,
+        "message over 64 KiB after join",
+    )
+    .await?;
     rogue.send(&ClientMessage::Join {
         protocol: PROTOCOL_VERSION,
         token: genuine.clone(),
@@ -194,7 +292,9 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
     expect_code(&mut rogue, ErrorCode::OutOfOrder, "second join").await?;
     rogue.send(&ClientMessage::Leave)?;
     rogue
-        .wait_for(WAIT, "bye", |m| matches!(m, ServerMessage::Bye { .. }).then_some(()))
+        .wait_for(WAIT, "bye", |m| {
+            matches!(m, ServerMessage::Bye { .. }).then_some(())
+        })
         .await?;
     during_joined.await?;
     // The rogue is gone from everyone's roster.
@@ -234,13 +334,21 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         problems.extend(verify_received_payloads(p, &publishers));
         p.observe(|o| {
             if !o.errors.is_empty() {
-                problems.push(format!("{} (well-behaved) got server errors: {:?}", p.tag(), o.errors));
+                problems.push(format!(
+                    "{} (well-behaved) got server errors: {:?}",
+                    p.tag(),
+                    o.errors
+                ));
             }
             if !o.failures.is_empty() {
                 problems.push(format!("{} had local failures: {:?}", p.tag(), o.failures));
             }
             if !o.violations.is_empty() {
-                problems.push(format!("{} saw protocol violations: {:?}", p.tag(), o.violations));
+                problems.push(format!(
+                    "{} saw protocol violations: {:?}",
+                    p.tag(),
+                    o.violations
+                ));
             }
         });
     }
@@ -249,7 +357,11 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
             "{} problems:\n  {}\n\n{}",
             problems.len(),
             problems.join("\n  "),
-            everyone.iter().map(|p| p.summary()).collect::<Vec<_>>().join("\n")
+            everyone
+                .iter()
+                .map(|p| p.summary())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 

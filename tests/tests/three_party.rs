@@ -33,7 +33,10 @@ fn everyone_but<'a>(all: &'a [Participant], me: &Participant) -> Vec<(String, St
 }
 
 fn summaries(all: &[Participant]) -> String {
-    all.iter().map(Participant::summary).collect::<Vec<_>>().join("\n")
+    all.iter()
+        .map(Participant::summary)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -42,12 +45,20 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
     let links = server.create_room("退院前カンファレンス E2E")?;
 
     let mut people = Vec::new();
-    for (role, tag) in [(Role::Host, "nurse"), (Role::CareManager, "caremgr"), (Role::Surveyor, "surveyor")] {
+    for (role, tag) in [
+        (Role::Host, "nurse"),
+        (Role::CareManager, "caremgr"),
+        (Role::Surveyor, "surveyor"),
+    ] {
         let token = token_for(&links, role)?;
         let p = Participant::join(&server.ws_url, &server.tls, &token, options(tag))
             .await
             .with_context(|| format!("{tag} joins"))?;
-        ensure!(p.joined.role == role, "{tag} joined as {:?}, expected {role:?}", p.joined.role);
+        ensure!(
+            p.joined.role == role,
+            "{tag} joined as {:?}, expected {role:?}",
+            p.joined.role
+        );
         people.push(p);
     }
     let ids: Vec<&str> = people.iter().map(Participant::id).collect();
@@ -79,11 +90,15 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
             }
             let (a0, v0) = start_seq[i];
             let (pid, ptag) = (publisher.id().to_owned(), publisher.tag().to_owned());
-            p.wait_until(Duration::from_secs(20), &format!("3 s of media from {ptag}"), |o| {
-                let a = o.max_seq(&pid, &ptag, MediaKind::Audio).unwrap_or(0);
-                let v = o.max_seq(&pid, &ptag, MediaKind::Video).unwrap_or(0);
-                a >= a0 + 150 && v >= v0 + 90
-            })
+            p.wait_until(
+                Duration::from_secs(20),
+                &format!("3 s of media from {ptag}"),
+                |o| {
+                    let a = o.max_seq(&pid, &ptag, MediaKind::Audio).unwrap_or(0);
+                    let v = o.max_seq(&pid, &ptag, MediaKind::Video).unwrap_or(0);
+                    a >= a0 + 150 && v >= v0 + 90
+                },
+            )
             .await
             .with_context(|| summaries(&people))?;
         }
@@ -155,7 +170,11 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
                 problems.push(format!("{} got server errors: {:?}", p.tag(), o.errors));
             }
             if !o.violations.is_empty() {
-                problems.push(format!("{} saw protocol violations: {:?}", p.tag(), o.violations));
+                problems.push(format!(
+                    "{} saw protocol violations: {:?}",
+                    p.tag(),
+                    o.violations
+                ));
             }
             if !o.failures.is_empty() {
                 problems.push(format!("{} had local failures: {:?}", p.tag(), o.failures));
@@ -169,7 +188,12 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
         });
     }
     if !problems.is_empty() {
-        bail!("{} problems:\n  {}\n\n{}", problems.len(), problems.join("\n  "), summaries(&people));
+        bail!(
+            "{} problems:\n  {}\n\n{}",
+            problems.len(),
+            problems.join("\n  "),
+            summaries(&people)
+        );
     }
 
     // Phase 3: a late joiner (a hospital doctor) arrives while everyone is sending.
@@ -178,9 +202,14 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
     }
     let before_join = Instant::now();
     let doctor_token = server.mint_token(&links, Role::Staff, "主治医");
-    let doctor = Participant::join(&server.ws_url, &server.tls, &doctor_token, options("doctor"))
-        .await
-        .context("late joiner joins")?;
+    let doctor = Participant::join(
+        &server.ws_url,
+        &server.tls,
+        &doctor_token,
+        options("doctor"),
+    )
+    .await
+    .context("late joiner joins")?;
     let existing = everyone_but(&people, &doctor);
     wait_receiving(&doctor, &existing, 10, 5, Duration::from_secs(30))
         .await
@@ -191,30 +220,50 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
 
     // Each existing publisher's VP8 sender gets a PLI or FIR after the newcomer arrived.
     for p in &people {
-        p.wait_until(Duration::from_secs(10), "a video keyframe request after the late join", |o| {
-            o.keyframe_requests
-                .iter()
-                .any(|k| k.kind == MediaKind::Video && k.at >= before_join)
-        })
+        p.wait_until(
+            Duration::from_secs(10),
+            "a video keyframe request after the late join",
+            |o| {
+                o.keyframe_requests
+                    .iter()
+                    .any(|k| k.kind == MediaKind::Video && k.at >= before_join)
+            },
+        )
         .await
-        .with_context(|| format!("late joiner subscribed {:?} after joining", subscribed_at - before_join))?;
+        .with_context(|| {
+            format!(
+                "late joiner subscribed {:?} after joining",
+                subscribed_at - before_join
+            )
+        })?;
     }
     // And the newcomer gets a decodable start (a keyframe) from every publisher promptly,
     // well before the next periodic keyframe would have come.
     for (id, tag) in &existing {
         doctor
-            .wait_until(Duration::from_secs(5), &format!("a VP8 keyframe from {tag}"), |o| {
-                o.received_from(id, MediaKind::Video)
-                    .iter()
-                    .any(|p| is_vp8_keyframe(&p.payload) && parse_marker(&p.payload).is_some_and(|m| m.keyframe))
-            })
+            .wait_until(
+                Duration::from_secs(5),
+                &format!("a VP8 keyframe from {tag}"),
+                |o| {
+                    o.received_from(id, MediaKind::Video).iter().any(|p| {
+                        is_vp8_keyframe(&p.payload)
+                            && parse_marker(&p.payload).is_some_and(|m| m.keyframe)
+                    })
+                },
+            )
             .await?;
     }
     // Everyone now also receives the newcomer.
     for p in &people {
-        wait_receiving(p, &[(doctor.id().to_owned(), "doctor".to_owned())], 10, 5, Duration::from_secs(30))
-            .await
-            .with_context(|| summaries(&people))?;
+        wait_receiving(
+            p,
+            &[(doctor.id().to_owned(), "doctor".to_owned())],
+            10,
+            5,
+            Duration::from_secs(30),
+        )
+        .await
+        .with_context(|| summaries(&people))?;
     }
     let mut all_publishers: Vec<PublisherInfo> = people.iter().map(PublisherInfo::of).collect();
     all_publishers.push(PublisherInfo::of(&doctor));
@@ -228,7 +277,11 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
                 problems.push(format!("{} got server errors: {:?}", p.tag(), o.errors));
             }
             if !o.violations.is_empty() {
-                problems.push(format!("{} saw protocol violations: {:?}", p.tag(), o.violations));
+                problems.push(format!(
+                    "{} saw protocol violations: {:?}",
+                    p.tag(),
+                    o.violations
+                ));
             }
         });
     }

@@ -44,7 +44,16 @@ impl Harness {
         }
     }
 
+    /// Feeds an input; audit records are left out (the audit tests use `feed_all`).
     fn feed(&mut self, input: Input) -> Vec<Output> {
+        self.feed_all(input)
+            .into_iter()
+            .filter(|o| !matches!(o, Output::Audit { .. }))
+            .collect()
+    }
+
+    /// Feeds an input and returns every output, audit records included.
+    fn feed_all(&mut self, input: Input) -> Vec<Output> {
         self.ticks += 1;
         let now = self.start + Duration::from_secs(self.ticks);
         self.room.handle(now, input)
@@ -59,6 +68,9 @@ impl Harness {
             participant: id.into(),
             display_name: display_name.into(),
             role,
+            invitation: format!("inv-{id}"),
+            must_wait: false,
+            second_device: false,
         })
     }
 
@@ -421,6 +433,9 @@ fn joins_at_the_same_instant_are_ordered_by_id() {
                 participant: id.into(),
                 display_name: name_of(id),
                 role: Role::Staff,
+                invitation: format!("inv-{id}"),
+                must_wait: false,
+                second_device: false,
             },
         );
     }
@@ -556,6 +571,7 @@ fn messages_from_someone_not_in_the_room_are_out_of_order() {
         ClientMessage::Ping,
         ClientMessage::PublishOffer {
             sdp: OFFER_SDP.into(),
+            screen_mid: None,
         },
         ClientMessage::Mute {
             kind: Audio,
@@ -589,6 +605,7 @@ fn ping_is_answered_with_pong_to_the_sender_only() {
 fn publish_offer() -> ClientMessage {
     ClientMessage::PublishOffer {
         sdp: OFFER_SDP.into(),
+        screen_mid: None,
     }
 }
 
@@ -608,6 +625,7 @@ fn publish_offer_goes_to_the_media_plane() {
         vec![Output::Media(MediaCommand::Publish {
             participant: "a".into(),
             sdp: OFFER_SDP.into(),
+            screen_mid: None,
         })]
     );
 }
