@@ -7,6 +7,10 @@ const PC_CONFIG = { bundlePolicy: 'max-bundle' };
 // Everyone receives everyone through the server without simulcast, so a capped bitrate keeps
 // a six-person conference usable on a hospital Wi-Fi or a tablet's mobile line.
 const VIDEO_MAX_BITRATE = 1_000_000;
+// Documents and charts need sharp text more than motion; a low frame rate keeps the cost down.
+const SCREEN_MAX_BITRATE = 1_500_000;
+const SCREEN_MAX_FPS = 5;
+const STABLE_WAIT_MS = 15_000;
 
 const AUDIO_CONSTRAINTS = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 
@@ -136,8 +140,65 @@ export class PublishConnection {
       if (track.kind === 'video') init.sendEncodings = [{ maxBitrate: VIDEO_MAX_BITRATE }];
       this.pc.addTransceiver(track, init);
     }
+    /** The transceiver carrying the screen share, kept (inactive) after the share stops. */
+    this.screenTransceiver = null;
     watchCandidates(this.pc, onCandidate);
     watchState(this.pc, onStateChange);
+  }
+
+  /**
+   * Starts sending `track` (from getDisplayMedia) on a third, sendonly transceiver. A second
+   * share reuses the transceiver of the first, so the SDP does not grow a section per share.
+   * Renegotiate afterwards; `screenMid` is known once the offer is created.
+   */
+  async addScreen(track) {
+    if ('contentHint' in track) track.contentHint = 'detail';
+    const t = this.screenTransceiver;
+    if (t && !t.stopped && t.currentDirection !== 'stopped') {
+      await t.sender.replaceTrack(track);
+      t.direction = 'sendonly';
+    } else {
+      this.screenTransceiver = this.pc.addTransceiver(track, {
+        direction: 'sendonly',
+        streams: [new MediaStream([track])],
+        sendEncodings: [{ maxBitrate: SCREEN_MAX_BITRATE, maxFramerate: SCREEN_MAX_FPS }],
+      });
+    }
+  }
+
+  /** Stops sending the screen (the section stays, inactive). Renegotiate afterwards. */
+  async removeScreen() {
+    const t = this.screenTransceiver;
+    if (!t) return;
+    await t.sender.replaceTrack(null);
+    t.direction = 'inactive';
+  }
+
+  /** The a=mid of the section carrying a screen share, or null when none is being sent. */
+  get screenMid() {
+    const t = this.screenTransceiver;
+    return t && t.direction === 'sendonly' && t.sender.track ? t.mid : null;
+  }
+
+  /**
+   * Resolves once no offer is outstanding. The server answers one publish offer at a time
+   * and rejects a second one meanwhile, so a renegotiation must wait for the answer.
+   */
+  waitStable(timeoutMs = STABLE_WAIT_MS) {
+    if (this.pc.signalingState === 'stable') return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (ok) => {
+        clearTimeout(timer);
+        this.pc.removeEventListener('signalingstatechange', check);
+        resolve(ok);
+      };
+      const check = () => {
+        if (this.pc.signalingState === 'stable') done(true);
+        else if (this.pc.signalingState === 'closed') done(false);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.pc.addEventListener('signalingstatechange', check);
+    });
   }
 
   /** Creates and applies a local offer; returns its SDP for publish_offer. */
@@ -165,7 +226,9 @@ export class PublishConnection {
 
   /** Swaps the camera without renegotiation (same codec, same m-line). */
   async replaceVideoTrack(track) {
-    const transceiver = this.pc.getTransceivers().find((t) => t.receiver.track?.kind === 'video');
+    const transceiver = this.pc
+      .getTransceivers()
+      .find((t) => t !== this.screenTransceiver && t.receiver.track?.kind === 'video');
     if (!transceiver) return false;
     await transceiver.sender.replaceTrack(track);
     return true;
@@ -181,16 +244,24 @@ export class PublishConnection {
 export class SubscribeConnection {
   /**
    * @param {{onTrack: (participantId: string, stream: MediaStream) => void,
+   *          onScreens?: (screens: Map<string, MediaStreamTrack>) => void,
    *          onCandidate: (c: object) => void, onStateChange: (s: string) => void}} handlers
    */
-  constructor({ onTrack, onCandidate, onStateChange }) {
+  constructor({ onTrack, onScreens, onCandidate, onStateChange }) {
     this.pc = new RTCPeerConnection(PC_CONFIG);
     /** mid -> {participant_id, kind} from the latest subscribe_offer. */
     this.tracks = new Map();
     /** Streams we build ourselves when an offer carries no msid. */
     this.synthetic = new Map();
+    this.onScreens = onScreens ?? (() => {});
     this.pc.addEventListener('track', (event) => {
       const desc = this.tracks.get(event.transceiver?.mid);
+      if (desc?.kind === 'screen') {
+        // A screen shares the publisher's msid stream with their camera; keep it out of
+        // that stream so the camera tile's <video> never picks the screen instead.
+        for (const stream of event.streams) stream.removeTrack(event.track);
+        return;
+      }
       // The msid stream id is the publisher's participant id; the tracks list is the fallback.
       const participantId = event.streams[0]?.id || desc?.participant_id;
       if (!participantId) {
@@ -217,11 +288,37 @@ export class SubscribeConnection {
 
   /** Applies a subscribe_offer and returns the answer SDP. */
   async handleOffer(sdp, tracks) {
-    this.tracks = new Map((tracks || []).map((t) => [t.mid, t]));
+    this.tracks = new Map((Array.isArray(tracks) ? tracks : []).filter((t) => t && t.mid != null).map((t) => [String(t.mid), t]));
     await this.pc.setRemoteDescription({ type: 'offer', sdp });
     const answer = await this.pc.createAnswer();
     await this.pc.setLocalDescription(answer);
+    this.reportScreens();
     return this.pc.localDescription.sdp;
+  }
+
+  /**
+   * Tells the app which screen shares the latest offer carries (participant id -> track).
+   * Worked out from the offer's track list rather than from track events, which do not
+   * fire again when the server reuses a media section.
+   */
+  reportScreens() {
+    const screens = new Map();
+    for (const transceiver of this.pc.getTransceivers()) {
+      const desc = this.tracks.get(transceiver.mid);
+      if (desc?.kind !== 'screen' || !desc.participant_id) continue;
+      const track = transceiver.receiver.track;
+      if (!track || track.readyState === 'ended') continue;
+      const receiving = (transceiver.currentDirection ?? transceiver.direction) !== 'inactive';
+      if (receiving) screens.set(desc.participant_id, track);
+    }
+    this.onScreens(screens);
+  }
+
+  /** Whether `track` is a received screen share (it must not sit in a camera tile's stream). */
+  isScreenTrack(track) {
+    return this.pc
+      .getTransceivers()
+      .some((t) => t.receiver.track === track && this.tracks.get(t.mid)?.kind === 'screen');
   }
 
   /** Adds a server candidate; failures are logged only. */

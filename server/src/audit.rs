@@ -22,6 +22,16 @@ pub struct AuditEvent {
 pub struct Audit {}
 
 impl Audit {
+    /// Opens the audit log in `store` (shim until the real implementation lands).
+    pub fn open(
+        store: crate::store::Store,
+        data_dir: &std::path::Path,
+        redact_peer: bool,
+    ) -> anyhow::Result<Audit> {
+        let _ = (store, data_dir, redact_peer);
+        Ok(Audit {})
+    }
+
     /// Appends an event. Failing to audit is an error the caller must surface.
     pub fn record(&self, event: AuditEvent) -> anyhow::Result<()> {
         let _ = event;

@@ -2,11 +2,13 @@
 //! the SFU media plane. `main.rs` is a thin CLI over this.
 
 pub mod audit;
+pub mod conferences;
 pub mod config;
 pub mod http;
 pub mod keys;
 pub mod links;
 pub mod media;
+pub mod ratelimit;
 pub mod rooms;
 pub mod server;
 pub mod session;

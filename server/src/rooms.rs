@@ -5,17 +5,21 @@
 //! A room exists while someone is in it; it is created by the first valid join (rooms
 //! are defined by signed tokens, so nothing has to be stored ahead of time).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use wardlink_signaling::protocol::{ClientMessage, ParticipantId, ServerMessage};
-use wardlink_signaling::room::{Input, MediaEvent, Output, Room, RoomLimits};
+use wardlink_signaling::room::{Input, MediaCommand, MediaEvent, Output, Room, RoomLimits};
 use wardlink_signaling::token::JoinClaims;
+use wardlink_signaling::{ErrorCode, Role};
 
+use crate::audit::{Audit, AuditEvent};
 use crate::media::MediaHandle;
+use crate::store::Store;
 
 /// Messages queued for one session before it counts as too slow and is disconnected.
 pub const SESSION_QUEUE: usize = 256;
@@ -37,6 +41,9 @@ enum RoomRequest {
         display_name: String,
         claims: JoinClaims,
         session: mpsc::Sender<Outbound>,
+        peer: IpAddr,
+        must_wait: bool,
+        second_device: bool,
     },
     Client {
         participant: ParticipantId,
@@ -47,17 +54,38 @@ enum RoomRequest {
     },
 }
 
-type RoomMap = HashMap<String, mpsc::UnboundedSender<RoomRequest>>;
+#[derive(Default)]
+struct RoomMap {
+    live: HashMap<String, mpsc::UnboundedSender<RoomRequest>>,
+    /// Rooms the host ended during this run (the store remembers them across restarts).
+    ended: HashSet<String>,
+}
 
 /// Live rooms, keyed by room id. Cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
     rooms: Arc<Mutex<RoomMap>>,
     media: MediaHandle,
+    audit: Audit,
+    store: Store,
     limits: RoomLimits,
+    max_conferences: usize,
     next_participant: Arc<AtomicU64>,
 }
 
+/// Everything the room task needs to know about a joining participant.
+pub struct JoinRequest {
+    /// Verified token claims.
+    pub claims: JoinClaims,
+    /// Display name to use.
+    pub display_name: String,
+    /// The peer's IP address (for the audit log).
+    pub peer: IpAddr,
+    /// Put them in the waiting room even if their role could skip it (second device).
+    pub must_wait: bool,
+    /// The invitation was first used from another device.
+    pub second_device: bool,
+}
 /// A session's link to the room it joined.
 pub struct Membership {
     /// The participant id assigned at join.
@@ -85,21 +113,30 @@ impl Drop for Membership {
 }
 
 impl Registry {
-    /// Creates an empty registry that uses `media` for peer connections.
-    pub fn new(config: &crate::config::Config, media: MediaHandle) -> Self {
+    /// Creates an empty registry that uses `media` for peer connections and records to
+    /// `audit`; ended conferences are marked in `store`.
+    pub fn new(
+        config: &crate::config::Config,
+        media: MediaHandle,
+        store: Store,
+        audit: Audit,
+    ) -> Self {
         Registry {
-            rooms: Arc::new(Mutex::new(HashMap::new())),
+            rooms: Arc::new(Mutex::new(RoomMap::default())),
             media,
+            audit,
+            store,
             limits: RoomLimits {
                 max_participants: config.max_participants_per_room,
             },
+            max_conferences: config.limits.max_conferences,
             next_participant: Arc::new(AtomicU64::new(1)),
         }
     }
 
     /// Number of live rooms.
     pub fn room_count(&self) -> usize {
-        self.lock().len()
+        self.lock().live.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RoomMap> {
@@ -108,32 +145,53 @@ impl Registry {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins the room named by verified `claims`, creating it if needed. The room answers
-    /// (`joined` or an error) on `session`.
+    /// Joins the room named by the verified claims, creating it if needed. The room
+    /// answers (`joined`, `waiting` or an error) on `session`. Refused before reaching a
+    /// room when the conference ended or the server hosts its maximum of conferences.
     pub fn join(
         &self,
-        claims: JoinClaims,
-        display_name: String,
+        request: JoinRequest,
         session: mpsc::Sender<Outbound>,
-    ) -> Membership {
+    ) -> Result<Membership, ErrorCode> {
         let participant = format!(
             "p{:x}{:06x}",
             self.next_participant.fetch_add(1, Ordering::Relaxed),
             rand::random::<u32>() & 0xff_ffff
         );
         let mut rooms = self.lock();
-        let room = rooms
-            .entry(claims.room.clone())
-            .or_insert_with(|| self.spawn_room(&claims))
-            .clone();
+        let room_id = request.claims.room.clone();
+        if rooms.ended.contains(&room_id) {
+            return Err(ErrorCode::ConferenceEnded);
+        }
+        let room = match rooms.live.get(&room_id) {
+            Some(room) => room.clone(),
+            None => {
+                if rooms.live.len() >= self.max_conferences {
+                    return Err(ErrorCode::TooManyConferences);
+                }
+                let room = self.spawn_room(&request.claims);
+                rooms.live.insert(room_id, room.clone());
+                room
+            }
+        };
         // Sent while holding the lock, so the room cannot retire in between (see `run_room`).
         let _ = room.send(RoomRequest::Join {
             participant: participant.clone(),
-            display_name,
-            claims,
+            display_name: request.display_name,
+            claims: request.claims,
             session,
+            peer: request.peer,
+            must_wait: request.must_wait,
+            second_device: request.second_device,
         });
-        Membership { participant, room }
+        Ok(Membership { participant, room })
+    }
+
+    fn audit(&self, event: AuditEvent) {
+        if let Err(e) = self.audit.record(event) {
+            // Never silently: an operator must see that auditing failed.
+            tracing::error!(%e, "audit record failed");
+        }
     }
 
     fn spawn_room(&self, claims: &JoinClaims) -> mpsc::UnboundedSender<RoomRequest> {
@@ -153,15 +211,26 @@ async fn run_room(
 ) {
     let (media_tx, mut media_rx) = mpsc::unbounded_channel::<MediaEvent>();
     let mut sessions: HashMap<ParticipantId, mpsc::Sender<Outbound>> = HashMap::new();
+    // Who each participant is, for audit records (kept until the room closes, so a
+    // `leave` can still be attributed).
+    let mut identities: HashMap<ParticipantId, (IpAddr, String, Role, String)> = HashMap::new();
     let room_id = room.id().to_string();
     loop {
         let input = tokio::select! {
             request = rx.recv() => match request {
-                Some(RoomRequest::Join { participant, display_name, claims, session }) => {
+                Some(RoomRequest::Join { participant, display_name, claims, session, peer, must_wait, second_device }) => {
                     sessions.insert(participant.clone(), session);
+                    identities.insert(participant.clone(), (peer, display_name.clone(), claims.role, claims.jti.clone()));
                     registry.media.attach(participant.clone(), media_tx.clone());
                     tracing::info!(room = %room_id, participant = %participant, role = %claims.role, "join");
-                    Input::Join { participant, display_name, role: claims.role }
+                    Input::Join {
+                        participant,
+                        display_name,
+                        role: claims.role,
+                        invitation: claims.jti,
+                        must_wait,
+                        second_device,
+                    }
                 }
                 Some(RoomRequest::Client { participant, message }) => Input::Client { participant, message },
                 Some(RoomRequest::Disconnected { participant }) => {
@@ -201,13 +270,47 @@ async fn run_room(
                         }
                     }
                     Output::Media(command) => {
-                        if let wardlink_signaling::room::MediaCommand::Remove { participant } =
-                            &command
-                        {
+                        if let MediaCommand::Remove { participant } = &command {
                             sessions.remove(participant);
                             tracing::info!(room = %room_id, participant = %participant, "leave");
                         }
                         registry.media.command(command);
+                    }
+                    Output::Audit {
+                        actor,
+                        action,
+                        subject,
+                    } => {
+                        let who = identities.get(&actor);
+                        let about = subject.as_ref().and_then(|s| identities.get(s));
+                        registry.audit(AuditEvent {
+                            actor: format!("participant:{actor}"),
+                            action,
+                            conference: Some(room_id.clone()),
+                            peer: who.map(|w| w.0),
+                            detail: serde_json::json!({
+                                "name": who.map(|w| w.1.as_str()),
+                                "role": who.map(|w| w.2.as_str()),
+                                "invitation": who.map(|w| w.3.as_str()),
+                                "subject": subject,
+                                "subject_name": about.map(|w| w.1.as_str()),
+                                "subject_role": about.map(|w| w.2.as_str()),
+                            }),
+                        });
+                    }
+                    Output::Ended => {
+                        registry.lock().ended.insert(room_id.clone());
+                        let store = registry.store.clone();
+                        let id = room_id.clone();
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = crate::conferences::mark_ended(
+                                &store.lock(),
+                                &id,
+                                crate::store::now_ms(),
+                            ) {
+                                tracing::error!(%e, "could not mark the conference ended");
+                            }
+                        });
                     }
                     Output::Empty => {}
                 }
@@ -217,7 +320,7 @@ async fn run_room(
             let mut rooms = registry.lock();
             // A join sent under the registry lock is already in `rx`; stay open for it.
             if rx.is_empty() {
-                rooms.remove(&room_id);
+                rooms.live.remove(&room_id);
                 tracing::info!(room = %room_id, "conference closed (empty)");
                 return;
             }

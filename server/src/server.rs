@@ -23,8 +23,13 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// Live conferences.
     pub rooms: crate::rooms::Registry,
+    /// The SQLite store (accounts, conferences, invitations, audit log).
+    pub store: crate::store::Store,
+    /// The tamper-evident audit log.
+    pub audit: crate::audit::Audit,
+    /// WebSocket join attempts per address (`limits.joins_per_minute_per_ip`).
+    pub join_limiter: crate::ratelimit::SlidingWindow,
 }
-
 /// A server that is accepting connections.
 pub struct RunningServer {
     /// Bound HTTPS/WSS address (the real port when `listen` had port 0).
@@ -66,13 +71,24 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .context("cannot start the media plane")?;
     let media_addr = media.local_addr;
-    let rooms = crate::rooms::Registry::new(&config, media);
+    let store = crate::store::Store::open(&config.data_dir)?;
+    let audit = crate::audit::Audit::open(
+        store.clone(),
+        &config.data_dir,
+        config.security.audit_redact_peer,
+    )?;
+    let rooms = crate::rooms::Registry::new(&config, media, store.clone(), audit.clone());
+    let join_limiter =
+        crate::ratelimit::SlidingWindow::new(config.limits.joins_per_minute_per_ip, 60_000);
 
     let base_url = config.base_url_for(https_addr);
     let state = Arc::new(AppState {
         config: Arc::new(config),
         keys: Arc::new(keys),
         rooms,
+        store,
+        audit,
+        join_limiter,
     });
 
     let (handle, task) = serve_tls(

@@ -1,40 +1,89 @@
-//! One WebSocket signaling session: framing, size limit, JSON parsing, the join
-//! handshake (protocol version and token), then relaying between the socket and the room.
+//! One WebSocket signaling session: framing, size and rate limits, JSON parsing, the join
+//! handshake (protocol version, token, invitation and device checks), then relaying
+//! between the socket and the room.
 //!
 //! Bad input is answered with an `error` message carrying a stable code; the socket stays
 //! open unless the failure is at join time (bad token, wrong protocol, room full), where
 //! there is nothing useful left to do with the connection.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use wardlink_signaling::protocol::{
-    ClientMessage, ServerMessage, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
-};
+use wardlink_signaling::protocol::{ClientMessage, ServerMessage, PROTOCOL_VERSION};
 use wardlink_signaling::room::validate_display_name;
+use wardlink_signaling::token::JoinClaims;
 use wardlink_signaling::ErrorCode;
 
-use crate::rooms::{Membership, Outbound, SESSION_QUEUE};
-
-/// A socket that sends nothing (clients ping every 20 s) for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::audit::AuditEvent;
+use crate::rooms::{JoinRequest, Membership, Outbound, SESSION_QUEUE};
+use crate::server::AppState;
 
 /// Parses one text frame into a client message, or the error to answer with.
-pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
-    if text.len() > MAX_MESSAGE_BYTES {
+pub fn parse_client_message(
+    text: &str,
+    max_bytes: usize,
+) -> Result<ClientMessage, (ErrorCode, String)> {
+    if text.len() > max_bytes {
         return Err((
             ErrorCode::MessageTooLarge,
-            format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+            format!("messages are limited to {max_bytes} bytes"),
         ));
     }
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| (ErrorCode::MalformedJson, format!("not valid JSON: {e}")))?;
     serde_json::from_value(value)
         .map_err(|e| (ErrorCode::UnknownType, format!("not a known message: {e}")))
+}
+
+/// A token bucket limiting one connection's message rate.
+#[derive(Debug)]
+pub struct MessageBudget {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+    /// Messages refused since the last accepted one; a client that keeps going is cut off.
+    refused: u32,
+}
+
+/// Messages refused in a row after which the socket is closed.
+pub const MAX_REFUSED_IN_A_ROW: u32 = 200;
+
+impl MessageBudget {
+    /// `rate` messages per second sustained, bursts of up to `burst`.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        MessageBudget {
+            tokens: f64::from(burst.max(1)),
+            rate: f64::from(rate.max(1)),
+            burst: f64::from(burst.max(1)),
+            last: now,
+            refused: 0,
+        }
+    }
+
+    /// Takes one token; `false` if the connection is over its rate.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused = 0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+
+    /// Whether the client ignored so many refusals that it should be disconnected.
+    pub fn exhausted(&self) -> bool {
+        self.refused >= MAX_REFUSED_IN_A_ROW
+    }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, fatal: bool) -> Outbound {
@@ -52,16 +101,126 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The join handshake after the protocol version check: token, invitation, device,
+/// then the room. Returns the membership or the (fatal) error to send.
+async fn join(
+    state: &Arc<AppState>,
+    peer: IpAddr,
+    token: String,
+    display_name: Option<String>,
+    device: Option<String>,
+    tx: &mpsc::Sender<Outbound>,
+) -> Result<Membership, (ErrorCode, String)> {
+    let refuse = |code: ErrorCode, message: String, conference: Option<String>| {
+        if let Err(e) = state.audit.record(AuditEvent {
+            actor: "anonymous".into(),
+            action: "token_rejected",
+            conference,
+            peer: Some(peer),
+            detail: serde_json::json!({ "code": code.as_str() }),
+        }) {
+            tracing::error!(%e, "audit record failed");
+        }
+        // The token itself is never logged.
+        tracing::warn!(%peer, %code, "join refused: {message}");
+        (code, message)
+    };
+    if state
+        .join_limiter
+        .try_acquire(peer, crate::store::now_ms())
+        .is_err()
+    {
+        return Err(refuse(
+            ErrorCode::RateLimited,
+            "too many join attempts from this address; wait a minute".into(),
+            None,
+        ));
+    }
+    let claims: JoinClaims = state
+        .keys
+        .verifier
+        .verify(&token, unix_now())
+        .map_err(|e| refuse(e.code(), e.to_string(), None))?;
+    let name = display_name.unwrap_or_else(|| claims.name.clone());
+    let name =
+        validate_display_name(&name).map_err(|m| (ErrorCode::InvalidField, m.to_string()))?;
+    if let Some(d) = &device {
+        if !(16..=128).contains(&d.len()) {
+            return Err((
+                ErrorCode::InvalidField,
+                "device must be 16 to 128 characters".into(),
+            ));
+        }
+    }
+    let check = {
+        let checked = claims.clone();
+        state
+            .store
+            .call(move |conn| {
+                Ok(crate::conferences::check_invitation(
+                    conn,
+                    &checked,
+                    device.as_deref(),
+                    crate::store::now_ms(),
+                ))
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(%e, "invitation check failed");
+                (
+                    ErrorCode::Internal,
+                    "the server could not check the invitation".to_string(),
+                )
+            })?
+            .map_err(|e| refuse(e.code(), e.to_string(), Some(claims.room.clone())))?
+    };
+    if check.first_use || check.second_device {
+        let _ = state.audit.record(AuditEvent {
+            actor: format!("invitation:{}", claims.jti),
+            action: "invitation_used",
+            conference: Some(claims.room.clone()),
+            peer: Some(peer),
+            detail: serde_json::json!({
+                "role": claims.role.as_str(),
+                "first_use": check.first_use,
+                "second_device": check.second_device,
+            }),
+        });
+    }
+    state
+        .rooms
+        .join(
+            JoinRequest {
+                claims,
+                display_name: name,
+                peer,
+                // A link used from a second device goes through the waiting room again,
+                // whatever the role.
+                must_wait: check.second_device,
+                second_device: check.second_device,
+            },
+            tx.clone(),
+        )
+        .map_err(|code| {
+            let message = match code {
+                ErrorCode::ConferenceEnded => "the conference has ended",
+                ErrorCode::TooManyConferences => {
+                    "the server is hosting as many conferences as it may"
+                }
+                _ => "the conference could not be joined",
+            };
+            (code, message.to_string())
+        })
+}
+
 /// Runs one `/ws` connection to completion. `http.rs` upgrades the socket (with a generous
-/// frame limit: this function enforces `MAX_MESSAGE_BYTES` itself, answering with an error
-/// instead of closing) and calls this.
-pub async fn handle_socket(
-    state: Arc<crate::server::AppState>,
-    socket: WebSocket,
-    peer: SocketAddr,
-) {
+/// frame limit: this function enforces the configured message size itself, answering with
+/// an error instead of closing) and calls this.
+pub async fn handle_socket(state: Arc<AppState>, socket: WebSocket, peer: SocketAddr) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Outbound>(SESSION_QUEUE);
+    let limits = state.config.limits.clone();
+    let idle = Duration::from_secs(limits.ws_idle_secs.max(1));
 
     // Writer: everything the room or this session wants to say goes through one queue.
     let writer = tokio::spawn(async move {
@@ -81,13 +240,22 @@ pub async fn handle_socket(
         let _ = sink.close().await;
     });
 
+    let mut budget = MessageBudget::new(
+        limits.ws_messages_per_second,
+        limits.ws_message_burst,
+        Instant::now(),
+    );
     let mut membership: Option<Membership> = None;
     loop {
-        let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+        let frame = match tokio::time::timeout(idle, stream.next()).await {
             Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(_))) | Ok(None) => break,
             Err(_) => {
-                let _ = tx.try_send(error(ErrorCode::OutOfOrder, "idle timeout", true));
+                let _ = tx.try_send(error(
+                    ErrorCode::IdleTimeout,
+                    "no message within the idle limit",
+                    true,
+                ));
                 break;
             }
         };
@@ -105,7 +273,23 @@ pub async fn handle_socket(
             // Pings are answered by the WebSocket layer.
             _ => continue,
         };
-        let message = match parse_client_message(text.as_str()) {
+        if !budget.take(Instant::now()) {
+            if budget.exhausted() {
+                let _ = tx.try_send(error(
+                    ErrorCode::RateLimited,
+                    "too many messages; disconnecting",
+                    true,
+                ));
+                break;
+            }
+            let _ = tx.try_send(error(
+                ErrorCode::RateLimited,
+                "too many messages; this one was dropped",
+                false,
+            ));
+            continue;
+        }
+        let message = match parse_client_message(text.as_str(), limits.max_message_bytes) {
             Ok(m) => m,
             Err((code, message)) => {
                 tracing::info!(%peer, %code, "bad message");
@@ -120,6 +304,7 @@ pub async fn handle_socket(
                     protocol,
                     token,
                     display_name,
+                    device,
                 },
             ) => {
                 if protocol != PROTOCOL_VERSION {
@@ -130,24 +315,17 @@ pub async fn handle_socket(
                     ));
                     break;
                 }
-                let claims = match state.keys.verifier.verify(&token, unix_now()) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // The token itself is never logged.
-                        tracing::warn!(%peer, code = %e.code(), "join refused: {e}");
-                        let _ = tx.try_send(error(e.code(), e.to_string(), true));
+                match join(&state, peer.ip(), token, display_name, device, &tx).await {
+                    Ok(m) => membership = Some(m),
+                    // A bad display name can be corrected and sent again.
+                    Err((ErrorCode::InvalidField, message)) => {
+                        let _ = tx.try_send(error(ErrorCode::InvalidField, message, false));
+                    }
+                    Err((code, message)) => {
+                        let _ = tx.try_send(error(code, message, true));
                         break;
                     }
-                };
-                let name = display_name.unwrap_or_else(|| claims.name.clone());
-                let name = match validate_display_name(&name) {
-                    Ok(n) => n,
-                    Err(msg) => {
-                        let _ = tx.try_send(error(ErrorCode::InvalidField, msg, false));
-                        continue;
-                    }
-                };
-                membership = Some(state.rooms.join(claims, name, tx.clone()));
+                }
             }
             (None, ClientMessage::Ping) => {
                 let _ = tx.try_send(Outbound::Message(ServerMessage::Pong));
@@ -179,36 +357,48 @@ pub async fn handle_socket(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wardlink_signaling::protocol::MAX_MESSAGE_BYTES;
 
     #[test]
     fn classifies_bad_input() {
+        let parse = |t: &str| parse_client_message(t, MAX_MESSAGE_BYTES);
+        assert_eq!(parse("{not json").unwrap_err().0, ErrorCode::MalformedJson);
         assert_eq!(
-            parse_client_message("{not json").unwrap_err().0,
-            ErrorCode::MalformedJson
-        );
-        assert_eq!(
-            parse_client_message(r#"{"type":"teleport"}"#)
-                .unwrap_err()
-                .0,
+            parse(r#"{"type":"teleport"}"#).unwrap_err().0,
             ErrorCode::UnknownType
         );
         assert_eq!(
-            parse_client_message(r#"{"type":"publish_offer"}"#)
-                .unwrap_err()
-                .0,
+            parse(r#"{"type":"publish_offer"}"#).unwrap_err().0,
             ErrorCode::UnknownType
         );
         let big = format!(
             r#"{{"type":"publish_offer","sdp":"{}"}}"#,
             "x".repeat(MAX_MESSAGE_BYTES)
         );
-        assert_eq!(
-            parse_client_message(&big).unwrap_err().0,
-            ErrorCode::MessageTooLarge
-        );
-        assert_eq!(
-            parse_client_message(r#"{"type":"ping"}"#).unwrap(),
-            ClientMessage::Ping
-        );
+        assert_eq!(parse(&big).unwrap_err().0, ErrorCode::MessageTooLarge);
+        assert_eq!(parse(r#"{"type":"ping"}"#).unwrap(), ClientMessage::Ping);
+    }
+
+    #[test]
+    fn budget_allows_bursts_then_the_sustained_rate() {
+        let t0 = Instant::now();
+        let mut b = MessageBudget::new(10, 20, t0);
+        for _ in 0..20 {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0), "burst exhausted");
+        assert!(b.take(t0 + Duration::from_millis(100)), "refilled at 10/s");
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn budget_cuts_off_a_client_that_ignores_refusals() {
+        let t0 = Instant::now();
+        let mut b = MessageBudget::new(1, 1, t0);
+        assert!(b.take(t0));
+        for _ in 0..MAX_REFUSED_IN_A_ROW {
+            assert!(!b.take(t0));
+        }
+        assert!(b.exhausted());
     }
 }

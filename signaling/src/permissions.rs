@@ -110,7 +110,14 @@ mod tests {
     #[test]
     fn guests_control_nobody_and_never_receive_host_rights() {
         for role in [Role::CareManager, Role::Surveyor, Role::Family] {
-            for action in [Action::Admit, Action::Remove, Action::MuteOthers, Action::EndConference, Action::ReceiveHost, Action::SkipWaitingRoom] {
+            for action in [
+                Action::Admit,
+                Action::Remove,
+                Action::MuteOthers,
+                Action::EndConference,
+                Action::ReceiveHost,
+                Action::SkipWaitingRoom,
+            ] {
                 assert!(!allowed(role, action), "{role} must not {action:?}");
             }
             assert!(allowed(role, Action::PublishCamera));

@@ -377,7 +377,13 @@ impl Room {
     fn join(&mut self, now: Instant, new: NewParticipant, out: &mut Vec<Output>) {
         let id = new.id;
         if self.ended {
-            error_to(out, &id, ErrorCode::ConferenceEnded, "the conference has ended", true);
+            error_to(
+                out,
+                &id,
+                ErrorCode::ConferenceEnded,
+                "the conference has ended",
+                true,
+            );
             out.push(Output::Close { participant: id });
             return;
         }
@@ -516,12 +522,25 @@ impl Room {
 
     /// Checks that `actor` may do `action` to an admitted (or, for admit/deny, waiting)
     /// participant `target`; answers the error itself and returns `false` otherwise.
-    fn check_target(&self, actor: &str, action: Action, target: &str, want_waiting: bool, out: &mut Vec<Output>) -> bool {
+    fn check_target(
+        &self,
+        actor: &str,
+        action: Action,
+        target: &str,
+        want_waiting: bool,
+        out: &mut Vec<Output>,
+    ) -> bool {
         let Some(a) = self.participants.get(actor) else {
             return false;
         };
         if !allowed(a.role, action) {
-            error_to(out, actor, ErrorCode::Forbidden, "your role does not allow this", false);
+            error_to(
+                out,
+                actor,
+                ErrorCode::Forbidden,
+                "your role does not allow this",
+                false,
+            );
             return false;
         }
         match self.participants.get(target) {
@@ -531,7 +550,11 @@ impl Room {
                     out,
                     actor,
                     ErrorCode::UnknownParticipant,
-                    if want_waiting { "nobody with that id is waiting" } else { "nobody else with that id is present" },
+                    if want_waiting {
+                        "nobody with that id is waiting"
+                    } else {
+                        "nobody else with that id is present"
+                    },
                     false,
                 );
                 false
@@ -589,7 +612,10 @@ impl Room {
                     self.remove(&participant_id, Some("removed"), out);
                 }
             }
-            ClientMessage::MuteParticipant { participant_id, kind } => {
+            ClientMessage::MuteParticipant {
+                participant_id,
+                kind,
+            } => {
                 if self.check_target(&id, Action::MuteOthers, &participant_id, false, out) {
                     if let Some(t) = self.participants.get_mut(&participant_id) {
                         t.forced_mute.insert(kind);
@@ -613,11 +639,13 @@ impl Room {
                 }
             }
             ClientMessage::TransferHost { participant_id } => {
-                let actor_is_host = self.participants.get(&id).is_some_and(|a| a.role == Role::Host);
-                let target_ok = self
+                let actor_is_host = self
                     .participants
-                    .get(&participant_id)
-                    .is_some_and(|t| t.admitted && allowed(t.role, Action::ReceiveHost) && participant_id != id);
+                    .get(&id)
+                    .is_some_and(|a| a.role == Role::Host);
+                let target_ok = self.participants.get(&participant_id).is_some_and(|t| {
+                    t.admitted && allowed(t.role, Action::ReceiveHost) && participant_id != id
+                });
                 if !actor_is_host || !target_ok {
                     error_to(
                         out,
@@ -644,7 +672,13 @@ impl Room {
             ClientMessage::EndConference => {
                 let role = self.participants.get(&id).map(|a| a.role);
                 if !role.is_some_and(|r| allowed(r, Action::EndConference)) {
-                    error_to(out, &id, ErrorCode::Forbidden, "your role does not allow this", false);
+                    error_to(
+                        out,
+                        &id,
+                        ErrorCode::Forbidden,
+                        "your role does not allow this",
+                        false,
+                    );
                     return;
                 }
                 out.push(Output::Audit {
@@ -664,7 +698,13 @@ impl Room {
             }
             ClientMessage::PublishOffer { sdp, screen_mid } => {
                 if screen_mid.is_some() && !allowed(p.role, Action::PublishScreen) {
-                    error_to(out, &id, ErrorCode::Forbidden, "your role may not share a screen", false);
+                    error_to(
+                        out,
+                        &id,
+                        ErrorCode::Forbidden,
+                        "your role may not share a screen",
+                        false,
+                    );
                     return;
                 }
                 if p.publish_pending {

@@ -103,10 +103,14 @@ enum Side {
     Publisher {
         /// Keyed by the `rtc` track id that RTP arrives with.
         tracks: HashMap<String, InboundTrack>,
+        /// The media section the client declared as its screen share.
+        screen_mid: Option<String>,
+        /// Kinds not forwarded because someone with the right muted them.
+        suppressed: [bool; KINDS],
     },
     Subscriber {
-        /// Publisher participant → [audio leg, video leg].
-        legs: HashMap<ParticipantId, [Option<Leg>; 2]>,
+        /// Publisher participant → [audio, video, screen] legs.
+        legs: HashMap<ParticipantId, [Option<Leg>; KINDS]>,
         /// Our sender track id → the publisher track it carries (for keyframe requests).
         by_track_id: HashMap<String, TrackRef>,
         /// Counter making every sender track id unique within the connection.
@@ -134,17 +138,22 @@ struct Attachment {
     subscribe: Option<PeerId>,
 }
 
+/// Number of track kinds a participant can publish (audio, video, screen).
+const KINDS: usize = 3;
+const ALL_KINDS: [MediaKind; KINDS] = [MediaKind::Audio, MediaKind::Video, MediaKind::Screen];
+
 fn kind_index(kind: MediaKind) -> usize {
     match kind {
         MediaKind::Audio => 0,
         MediaKind::Video => 1,
+        MediaKind::Screen => 2,
     }
 }
-
 fn kind_name(kind: MediaKind) -> &'static str {
     match kind {
         MediaKind::Audio => "audio",
         MediaKind::Video => "video",
+        MediaKind::Screen => "screen",
     }
 }
 
@@ -156,7 +165,7 @@ pub struct Sfu {
     demux: Demux,
     attachments: HashMap<ParticipantId, Attachment>,
     /// Publisher participant → subscriber connections, per kind.
-    routes: HashMap<ParticipantId, [Vec<PeerId>; 2]>,
+    routes: HashMap<ParticipantId, [Vec<PeerId>; KINDS]>,
     /// Peers whose outbox is non-empty, in the order they became so.
     ready: VecDeque<PeerId>,
     stats: SfuStats,
@@ -202,7 +211,25 @@ impl Sfu {
     /// Applies one command from a room.
     pub fn handle_command(&mut self, now: Instant, command: MediaCommand) {
         match command {
-            MediaCommand::Publish { participant, sdp } => self.publish(now, participant, sdp),
+            MediaCommand::Publish {
+                participant,
+                sdp,
+                screen_mid,
+            } => self.publish(now, participant, sdp, screen_mid),
+            MediaCommand::Suppress {
+                participant,
+                kind,
+                suppressed,
+            } => {
+                let pid = self.attachments.get(&participant).and_then(|a| a.publish);
+                if let Some(Peer {
+                    side: Side::Publisher { suppressed: s, .. },
+                    ..
+                }) = pid.and_then(|id| self.peers.get_mut(&id))
+                {
+                    s[kind_index(kind)] = suppressed;
+                }
+            }
             MediaCommand::Unpublish { participant } => {
                 if let Some(id) = self
                     .attachments
@@ -389,7 +416,13 @@ impl Sfu {
         );
     }
 
-    fn publish(&mut self, now: Instant, participant: ParticipantId, sdp: String) {
+    fn publish(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        sdp: String,
+        screen_mid: Option<String>,
+    ) {
         let Some(existing) = self.attachments.get(&participant).map(|a| a.publish) else {
             return;
         };
@@ -419,6 +452,8 @@ impl Sfu {
                         pc,
                         Side::Publisher {
                             tracks: HashMap::new(),
+                            screen_mid: None,
+                            suppressed: [false; KINDS],
                         },
                     );
                     if let Some(a) = self.attachments.get_mut(&participant) {
@@ -433,6 +468,9 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        if let Side::Publisher { screen_mid: s, .. } = &mut peer.side {
+            *s = screen_mid;
+        }
         let answer = (|| {
             peer.pc.set_remote_description(now, offer)?;
             let answer = peer.pc.create_answer(None)?;
@@ -520,7 +558,7 @@ impl Sfu {
                 .and_then(|a| a.publish)
                 .and_then(|pid| self.peers.get(&pid))
                 .and_then(|p| match &p.side {
-                    Side::Publisher { tracks } => tracks
+                    Side::Publisher { tracks, .. } => tracks
                         .values()
                         .find(|it| it.kind == t.kind)
                         .map(|it| it.codec.clone()),
@@ -547,12 +585,7 @@ impl Sfu {
         let mut removed = Vec::new();
         // Remove legs no longer wanted.
         for (publisher, slots) in legs.iter_mut() {
-            for (i, slot) in slots.iter_mut().enumerate() {
-                let kind = if i == 0 {
-                    MediaKind::Audio
-                } else {
-                    MediaKind::Video
-                };
+            for (slot, kind) in slots.iter_mut().zip(ALL_KINDS) {
                 let keep = sources
                     .iter()
                     .any(|(t, _)| &t.publisher == publisher && t.kind == kind);
@@ -573,8 +606,9 @@ impl Sfu {
         // Add new legs.
         let mut added = Vec::new();
         for (t, codec) in sources {
-            let slot =
-                &mut legs.entry(t.publisher.clone()).or_insert([None, None])[kind_index(t.kind)];
+            let slot = &mut legs
+                .entry(t.publisher.clone())
+                .or_insert([None, None, None])[kind_index(t.kind)];
             if slot.is_some() {
                 continue;
             }
@@ -583,7 +617,7 @@ impl Sfu {
             let ssrc = rand::random::<u32>() | 1;
             let rtc_kind = match t.kind {
                 MediaKind::Audio => RtpCodecKind::Audio,
-                MediaKind::Video => RtpCodecKind::Video,
+                MediaKind::Video | MediaKind::Screen => RtpCodecKind::Video,
             };
             let track = MediaStreamTrack::new(
                 t.publisher.clone(),
@@ -698,7 +732,7 @@ impl Sfu {
         // Resolve each new leg's payload type as negotiated on this connection.
         let mut new_video_sources = Vec::new();
         for (publisher, slots) in legs.iter_mut() {
-            for (i, leg) in slots.iter_mut().enumerate() {
+            for (leg, kind) in slots.iter_mut().zip(ALL_KINDS) {
                 let Some(leg) = leg else { continue };
                 if leg.negotiated {
                     continue;
@@ -711,8 +745,8 @@ impl Sfu {
                 if let Some(pt) = pt {
                     leg.rewriter.set_payload_type(pt);
                     leg.negotiated = true;
-                    if i == 1 {
-                        new_video_sources.push(publisher.clone());
+                    if kind != MediaKind::Audio {
+                        new_video_sources.push((publisher.clone(), kind));
                     }
                 } else {
                     tracing::warn!(mime = %leg.mime, "subscriber did not accept the codec");
@@ -721,8 +755,8 @@ impl Sfu {
         }
         // A new subscriber needs a keyframe to start decoding; once connected, ask now.
         if connected {
-            for publisher in new_video_sources {
-                self.request_keyframe(now, &publisher);
+            for (publisher, kind) in new_video_sources {
+                self.request_keyframe(now, &publisher, kind);
             }
         }
         self.process_peer(now, id);
@@ -755,17 +789,17 @@ impl Sfu {
     }
 
     /// Sends a PLI to the publisher's video stream, at most once per throttle interval.
-    fn request_keyframe(&mut self, now: Instant, publisher: &str) {
+    fn request_keyframe(&mut self, now: Instant, publisher: &str, kind: MediaKind) {
         let Some(pid) = self.attachments.get(publisher).and_then(|a| a.publish) else {
             return;
         };
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
-        let Side::Publisher { tracks } = &mut peer.side else {
+        let Side::Publisher { tracks, .. } = &mut peer.side else {
             return;
         };
-        let Some(track) = tracks.values_mut().find(|t| t.kind == MediaKind::Video) else {
+        let Some(track) = tracks.values_mut().find(|t| t.kind == kind) else {
             return;
         };
         if !track.keyframes.allow(now) {
@@ -812,11 +846,22 @@ impl Sfu {
                         _ => {}
                     },
                     RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                        if let Side::Publisher { tracks } = &mut peer.side {
+                        let is_screen = match &peer.side {
+                            Side::Publisher {
+                                screen_mid: Some(mid),
+                                ..
+                            } => {
+                                receiver_mid(&mut peer.pc, init.receiver_id).as_deref()
+                                    == Some(mid.as_str())
+                            }
+                            _ => false,
+                        };
+                        if let Side::Publisher { tracks, .. } = &mut peer.side {
                             if let Some(receiver) = peer.pc.rtp_receiver(init.receiver_id) {
                                 let track = receiver.track();
                                 let kind = match track.kind() {
                                     RtpCodecKind::Audio => MediaKind::Audio,
+                                    _ if is_screen => MediaKind::Screen,
                                     _ => MediaKind::Video,
                                 };
                                 if let Some(codec) = track.codec(init.ssrc).cloned() {
@@ -846,7 +891,7 @@ impl Sfu {
                         if let Side::Subscriber { by_track_id, .. } = &peer.side {
                             if codecs::is_keyframe_request(&packets) {
                                 if let Some(t) = by_track_id.get(&track_id) {
-                                    keyframe_wanted.push(t.publisher.clone());
+                                    keyframe_wanted.push((t.publisher.clone(), t.kind));
                                 }
                             }
                         }
@@ -879,19 +924,20 @@ impl Sfu {
                 ..
             }) = self.peers.get(&id)
             {
-                let sources: Vec<ParticipantId> = legs
-                    .iter()
-                    .filter(|(_, s)| s[1].as_ref().is_some_and(|l| l.negotiated))
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                keyframe_wanted.extend(sources);
+                for (publisher, slots) in legs {
+                    for (leg, kind) in slots.iter().zip(ALL_KINDS) {
+                        if kind != MediaKind::Audio && leg.as_ref().is_some_and(|l| l.negotiated) {
+                            keyframe_wanted.push((publisher.clone(), kind));
+                        }
+                    }
+                }
             }
         }
         for (track_id, packet) in inbound {
             self.forward(now, id, &participant, &track_id, packet);
         }
-        for publisher in keyframe_wanted {
-            self.request_keyframe(now, &publisher);
+        for (publisher, kind) in keyframe_wanted {
+            self.request_keyframe(now, &publisher, kind);
         }
         if let Some(reason) = failed {
             self.fail_peer(id, &reason);
@@ -909,7 +955,9 @@ impl Sfu {
     ) {
         let kind = {
             let Some(Peer {
-                side: Side::Publisher { tracks },
+                side: Side::Publisher {
+                    tracks, suppressed, ..
+                },
                 ..
             }) = self.peers.get_mut(&from)
             else {
@@ -918,6 +966,10 @@ impl Sfu {
             let Some(track) = tracks.get_mut(track_id) else {
                 return;
             };
+            // Muted by someone with the right: not forwarded until the owner unmutes.
+            if suppressed[kind_index(track.kind)] {
+                return;
+            }
             if !track.dedup.insert(packet.header.sequence_number) {
                 self.stats.duplicates += 1;
                 return;
@@ -1043,6 +1095,17 @@ impl Sfu {
     }
 }
 
+/// The `a=mid` of the transceiver that owns `receiver_id`.
+fn receiver_mid(pc: &mut RTCPeerConnection, receiver_id: RTCRtpReceiverId) -> Option<String> {
+    let ids: Vec<_> = pc.get_transceivers().collect();
+    ids.into_iter().find_map(|t| {
+        let transceiver = pc.rtp_transceiver(t)?;
+        (transceiver.receiver() == Some(receiver_id))
+            .then(|| transceiver.mid().clone())
+            .flatten()
+    })
+}
+
 /// Picks the payload type negotiated for `mime` on a sender, preferring an exact fmtp
 /// match (H.264 profiles differ only there).
 fn pick_payload_type(
@@ -1095,7 +1158,12 @@ pub fn describe_tracks(sdp: &str) -> Vec<TrackDescription> {
         } else if let Some(m) = line.strip_prefix("a=mid:") {
             mid = Some(m.to_string());
         } else if let Some(m) = line.strip_prefix("a=msid:") {
-            stream = m.split_whitespace().next().map(str::to_string);
+            let mut parts = m.split_whitespace();
+            stream = parts.next().map(str::to_string);
+            // Our sender track ids are `<publisher>-<kind>-<n>`; a screen is a video section.
+            if parts.next().is_some_and(|t| t.contains("-screen-")) {
+                kind = Some(MediaKind::Screen);
+            }
         }
     }
     flush(&mut kind, &mut mid, &mut stream);

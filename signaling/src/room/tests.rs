@@ -63,40 +63,40 @@ impl Harness {
         self.join_as(id, &name_of(id), Role::Staff)
     }
 
+    /// Joins as the shell does for someone who need not wait (the room still makes guests
+    /// wait, whatever the shell says).
     fn join_as(&mut self, id: &str, display_name: &str, role: Role) -> Vec<Output> {
-        self.feed(Input::Join {
-            participant: id.into(),
-            display_name: display_name.into(),
-            role,
-            invitation: format!("inv-{id}"),
-            must_wait: false,
-            second_device: false,
-        })
+        self.feed(join_input(id, display_name, role, false, false))
     }
 
-    /// Joins everyone and completes any negotiation the joins start.
+    /// Joins as the shell does for a guest: into the waiting room.
+    fn wait(&mut self, id: &str, role: Role) -> Vec<Output> {
+        self.feed(join_input(id, &name_of(id), role, true, false))
+    }
+
+    /// Joins `id` as `role` without waiting and completes any negotiation the join starts.
+    fn enter(&mut self, id: &str, role: Role) {
+        let out = self.join_as(id, &name_of(id), role);
+        assert_joined(&out, id);
+        self.settle(out);
+    }
+
+    /// Joins everyone as staff and completes any negotiation the joins start.
     fn join_all(&mut self, ids: &[&str]) {
         for id in ids {
-            let out = self.join(id);
-            assert!(
-                matches!(
-                    out.first(),
-                    Some(Output::Send {
-                        message: ServerMessage::Joined { .. },
-                        ..
-                    })
-                ),
-                "{id} was not admitted: {out:?}"
-            );
-            self.settle(out);
+            self.enter(id, Role::Staff);
         }
     }
 
+    /// `admitter` lets `id` in from the waiting room; negotiations this starts complete.
+    fn admit_settled(&mut self, admitter: &str, id: &str) {
+        let out = self.send(admitter, admit(id));
+        assert_joined(&out, id);
+        self.settle(out);
+    }
+
     fn send(&mut self, id: &str, message: ClientMessage) -> Vec<Output> {
-        self.feed(Input::Client {
-            participant: id.into(),
-            message,
-        })
+        self.feed(client_input(id, message))
     }
 
     fn disconnect(&mut self, id: &str) -> Vec<Output> {
@@ -176,6 +176,35 @@ impl Harness {
 
 fn name_of(id: &str) -> String {
     format!("Name of {id}")
+}
+
+fn invitation_of(id: &str) -> String {
+    format!("inv-{id}")
+}
+
+/// A join as the shell feeds it, with the shell's waiting-room flags.
+fn join_input(
+    id: &str,
+    display_name: &str,
+    role: Role,
+    must_wait: bool,
+    second_device: bool,
+) -> Input {
+    Input::Join {
+        participant: id.into(),
+        display_name: display_name.into(),
+        role,
+        invitation: invitation_of(id),
+        must_wait,
+        second_device,
+    }
+}
+
+fn client_input(id: &str, message: ClientMessage) -> Input {
+    Input::Client {
+        participant: id.into(),
+        message,
+    }
 }
 
 fn track(publisher: &str, kind: MediaKind) -> TrackRef {
@@ -327,6 +356,108 @@ fn assert_error(out: &[Output], id: &str, code: ErrorCode, fatal: bool) {
     }
 }
 
+/// Asserts that `id` was let in: its first message in `out` is `joined`.
+fn assert_joined(out: &[Output], id: &str) {
+    assert!(
+        matches!(
+            messages_to(out, id).first(),
+            Some(ServerMessage::Joined { .. })
+        ),
+        "{id} was not admitted: {out:?}"
+    );
+}
+
+/// Every lobby sent to `id` in `out`.
+fn lobbies_to(out: &[Output], id: &str) -> Vec<Vec<WaitingEntry>> {
+    messages_to(out, id)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::Lobby { waiting } => Some(waiting),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one lobby sent to `id` in `out`.
+fn lobby_to(out: &[Output], id: &str) -> Vec<WaitingEntry> {
+    let lobbies = lobbies_to(out, id);
+    assert_eq!(
+        lobbies.len(),
+        1,
+        "expected exactly one lobby to {id}: {out:?}"
+    );
+    lobbies.into_iter().next().unwrap_or_default()
+}
+
+fn waiting_ids(waiting: &[WaitingEntry]) -> Vec<&str> {
+    waiting.iter().map(|e| e.id.as_str()).collect()
+}
+
+/// Every roster in `out`, whether in `joined` or in `roster`.
+fn all_rosters(out: &[Output]) -> Vec<Vec<RosterEntry>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                message: ServerMessage::Roster { participants },
+                ..
+            } => Some(participants.clone()),
+            Output::Send {
+                message: ServerMessage::Joined { roster, .. },
+                ..
+            } => Some(roster.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An audit record as (actor, action, subject).
+type AuditRecord = (String, &'static str, Option<String>);
+
+fn audit(actor: &str, action: &'static str, subject: Option<&str>) -> AuditRecord {
+    (actor.into(), action, subject.map(Into::into))
+}
+
+fn audits(out: &[Output]) -> Vec<AuditRecord> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Audit {
+                actor,
+                action,
+                subject,
+            } => Some((actor.clone(), *action, subject.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a refused action must leave alone: who is present, who waits, whether it ended.
+fn snapshot(h: &Harness) -> (Vec<RosterEntry>, Vec<WaitingEntry>, bool, usize) {
+    (
+        h.room.roster(),
+        h.room.waiting_entries(),
+        h.room.is_ended(),
+        h.room.len(),
+    )
+}
+
+/// Sends `message` from `id` and asserts that the only outcome is a non-fatal `code` error
+/// to the sender: nothing audited, nobody else told, nothing changed.
+fn assert_refused(h: &mut Harness, id: &str, message: ClientMessage, code: ErrorCode) {
+    let before = snapshot(h);
+    let out = h.feed_all(client_input(id, message.clone()));
+    assert_eq!(
+        out.len(),
+        1,
+        "{message:?} from {id} did more than fail: {out:?}"
+    );
+    assert_error(&out, id, code, false);
+    assert_eq!(
+        snapshot(h),
+        before,
+        "{message:?} from {id} changed the room"
+    );
+}
+
 fn reconnects_to(out: &[Output], id: &str) -> Vec<PcKind> {
     messages_to(out, id)
         .into_iter()
@@ -345,7 +476,7 @@ fn reconnects_to(out: &[Output], id: &str) -> Vec<PcKind> {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn first_join_gets_joined_with_itself_in_the_roster_and_nothing_else() {
+fn first_join_gets_joined_with_itself_in_the_roster_then_the_empty_lobby() {
     let mut h = Harness::new();
     let out = h.join_as("p-nurse", "  病棟看護師  ", Role::Host);
     let me = RosterEntry {
@@ -358,18 +489,25 @@ fn first_join_gets_joined_with_itself_in_the_roster_and_nothing_else() {
     };
     assert_eq!(
         out,
-        vec![Output::Send {
-            to: "p-nurse".into(),
-            message: ServerMessage::Joined {
-                protocol: PROTOCOL_VERSION,
-                participant_id: "p-nurse".into(),
-                room_id: ROOM_ID.into(),
-                room_title: ROOM_TITLE.into(),
-                role: Role::Host,
-                display_name: "病棟看護師".into(),
-                roster: vec![me],
+        vec![
+            Output::Send {
+                to: "p-nurse".into(),
+                message: ServerMessage::Joined {
+                    protocol: PROTOCOL_VERSION,
+                    participant_id: "p-nurse".into(),
+                    room_id: ROOM_ID.into(),
+                    room_title: ROOM_TITLE.into(),
+                    role: Role::Host,
+                    display_name: "病棟看護師".into(),
+                    roster: vec![me],
+                },
             },
-        }]
+            // Whoever may admit learns the waiting room's state on entering.
+            Output::Send {
+                to: "p-nurse".into(),
+                message: ServerMessage::Lobby { waiting: vec![] },
+            },
+        ]
     );
     assert!(h.room.contains("p-nurse"));
     assert_eq!(h.room.len(), 1);
@@ -380,21 +518,26 @@ fn first_join_gets_joined_with_itself_in_the_roster_and_nothing_else() {
 fn join_sends_joined_to_the_joiner_and_a_roster_to_everyone_else() {
     let mut h = Harness::new();
     h.join_all(&["a", "b"]);
-    let out = h.join_as("c", "ケアマネジャー", Role::CareManager);
+    let out = h.join_as("c", "主治医 田中", Role::Staff);
 
-    let joined = messages_to(&out, "c");
+    let to_c = messages_to(&out, "c");
     assert_eq!(
-        joined.len(),
-        1,
-        "the joiner gets joined only, not a roster too: {out:?}"
+        to_c.len(),
+        2,
+        "the joiner gets joined and the lobby, not a roster too: {out:?}"
     );
-    let ServerMessage::Joined { roster, .. } = &joined[0] else {
-        panic!("expected joined, got {joined:?}");
+    let ServerMessage::Joined { roster, .. } = &to_c[0] else {
+        panic!("expected joined first, got {to_c:?}");
     };
     assert_eq!(ids(roster), ["a", "b", "c"]);
+    assert_eq!(to_c[1], ServerMessage::Lobby { waiting: vec![] });
 
     for other in ["a", "b"] {
-        assert_eq!(messages_to(&out, other).len(), 1);
+        assert_eq!(
+            messages_to(&out, other).len(),
+            1,
+            "a join changes the roster, not the lobby: {out:?}"
+        );
         assert_eq!(
             &roster_to(&out, other),
             roster,
@@ -402,8 +545,8 @@ fn join_sends_joined_to_the_joiner_and_a_roster_to_everyone_else() {
         );
     }
     let newcomer = entry(roster, "c");
-    assert_eq!(newcomer.role, Role::CareManager);
-    assert_eq!(newcomer.display_name, "ケアマネジャー");
+    assert_eq!(newcomer.role, Role::Staff);
+    assert_eq!(newcomer.display_name, "主治医 田中");
     assert!(
         media_commands(&out).is_empty(),
         "nobody publishes, so nothing to subscribe to: {out:?}"
@@ -427,17 +570,7 @@ fn joins_at_the_same_instant_are_ordered_by_id() {
     let mut room = Room::new(ROOM_ID, ROOM_TITLE, RoomLimits::default());
     let now = Instant::now();
     for id in ["p-b", "p-a"] {
-        room.handle(
-            now,
-            Input::Join {
-                participant: id.into(),
-                display_name: name_of(id),
-                role: Role::Staff,
-                invitation: format!("inv-{id}"),
-                must_wait: false,
-                second_device: false,
-            },
-        );
+        room.handle(now, join_input(id, &name_of(id), Role::Staff, false, false));
     }
     assert_eq!(ids(&room.roster()), ["p-a", "p-b"]);
 }
@@ -558,6 +691,7 @@ fn a_join_message_after_joining_is_out_of_order() {
             protocol: PROTOCOL_VERSION,
             token: "whatever".into(),
             display_name: None,
+            device: None,
         },
     );
     assert_error(&out, "a", ErrorCode::OutOfOrder, false);
@@ -661,6 +795,7 @@ fn a_publish_offer_that_is_not_sdp_is_invalid_sdp_and_leaves_no_pending_state() 
             "a",
             ClientMessage::PublishOffer {
                 sdp: garbage.into(),
+                screen_mid: None,
             },
         );
         assert_error(&out, "a", ErrorCode::InvalidSdp, false);
@@ -1439,17 +1574,29 @@ fn client_type(message: &ClientMessage) -> &'static str {
         ClientMessage::SubscribeAnswer { .. } => "subscribe_answer",
         ClientMessage::IceCandidate { .. } => "ice_candidate",
         ClientMessage::Mute { .. } => "mute",
+        ClientMessage::Admit { .. } => "admit",
+        ClientMessage::Deny { .. } => "deny",
+        ClientMessage::Remove { .. } => "remove",
+        ClientMessage::MuteParticipant { .. } => "mute_participant",
+        ClientMessage::TransferHost { .. } => "transfer_host",
+        ClientMessage::EndConference => "end_conference",
         ClientMessage::Ping => "ping",
         ClientMessage::Leave => "leave",
     }
 }
-const CLIENT_TYPES: [&str; 8] = [
+const CLIENT_TYPES: [&str; 14] = [
     "join",
     "publish_offer",
     "unpublish",
     "subscribe_answer",
     "ice_candidate",
     "mute",
+    "admit",
+    "deny",
+    "remove",
+    "mute_participant",
+    "transfer_host",
+    "end_conference",
     "ping",
     "leave",
 ];
@@ -1458,6 +1605,9 @@ const CLIENT_TYPES: [&str; 8] = [
 fn server_type(message: &ServerMessage) -> &'static str {
     match message {
         ServerMessage::Joined { .. } => "joined",
+        ServerMessage::Waiting { .. } => "waiting",
+        ServerMessage::Lobby { .. } => "lobby",
+        ServerMessage::MutedBy { .. } => "muted_by",
         ServerMessage::Roster { .. } => "roster",
         ServerMessage::PublishAnswer { .. } => "publish_answer",
         ServerMessage::SubscribeOffer { .. } => "subscribe_offer",
@@ -1468,8 +1618,11 @@ fn server_type(message: &ServerMessage) -> &'static str {
         ServerMessage::Bye { .. } => "bye",
     }
 }
-const SERVER_TYPES: [&str; 9] = [
+const SERVER_TYPES: [&str; 12] = [
     "joined",
+    "waiting",
+    "lobby",
+    "muted_by",
     "roster",
     "publish_answer",
     "subscribe_offer",
@@ -1481,7 +1634,7 @@ const SERVER_TYPES: [&str; 9] = [
 ];
 
 /// Every code, exhaustively matched so a new one must be added (and documented).
-const ALL_ERROR_CODES: [ErrorCode; 14] = [
+const ALL_ERROR_CODES: [ErrorCode; 20] = [
     ErrorCode::MalformedJson,
     ErrorCode::UnknownType,
     ErrorCode::MessageTooLarge,
@@ -1496,6 +1649,12 @@ const ALL_ERROR_CODES: [ErrorCode; 14] = [
     ErrorCode::Forbidden,
     ErrorCode::RateLimited,
     ErrorCode::Internal,
+    ErrorCode::ConferenceEnded,
+    ErrorCode::InvitationRevoked,
+    ErrorCode::NotYetValid,
+    ErrorCode::TooManyConferences,
+    ErrorCode::IdleTimeout,
+    ErrorCode::UnknownParticipant,
 ];
 fn error_code_listed(code: ErrorCode) -> bool {
     match code {
@@ -1512,7 +1671,13 @@ fn error_code_listed(code: ErrorCode) -> bool {
         | ErrorCode::InvalidField
         | ErrorCode::Forbidden
         | ErrorCode::RateLimited
-        | ErrorCode::Internal => ALL_ERROR_CODES.contains(&code),
+        | ErrorCode::Internal
+        | ErrorCode::ConferenceEnded
+        | ErrorCode::InvitationRevoked
+        | ErrorCode::NotYetValid
+        | ErrorCode::TooManyConferences
+        | ErrorCode::IdleTimeout
+        | ErrorCode::UnknownParticipant => ALL_ERROR_CODES.contains(&code),
     }
 }
 
@@ -1605,7 +1770,8 @@ fn join_is_exactly_as_documented() {
         ClientMessage::Join {
             protocol: 1,
             token: "eyJ2IjoxfQ.c2ln".into(),
-            display_name: None
+            display_name: None,
+            device: None,
         }
     );
     // An absent display name is omitted, not sent as null.
@@ -1668,7 +1834,7 @@ fn unknown_types_missing_fields_and_wrong_types_do_not_parse() {
         r#"{"type":"publish_offer"}"#,
         r#"{"type":"subscribe_answer","sdp":"v=0","revision":"1"}"#,
         r#"{"type":"subscribe_answer","sdp":"v=0","revision":-1}"#,
-        r#"{"type":"mute","kind":"screen","muted":true}"#,
+        r#"{"type":"mute","kind":"camera","muted":true}"#,
         r#"{"type":"ice_candidate","pc":"both","candidate":{"candidate":""}}"#,
         r#"{"type":"join","protocol":1}"#,
         r#""ping""#,
