@@ -14,6 +14,11 @@ import {
   publishQuality,
 } from './media.js';
 import * as ui from './ui.js';
+import { deviceSecret } from './device.js';
+import { allowed, Action } from './permissions.js';
+import { initLobby, setLobby, setCanAdmit, resetLobby } from './lobby.js';
+import { initHostControls, decorateTile, decorateScreen, requestEndConference } from './hostcontrols.js';
+import { startStaff } from './staff.js';
 
 const MAX_NAME_CHARS = 64;
 const QUALITY_INTERVAL_MS = 2000;
@@ -52,6 +57,15 @@ const state = {
   qualityTimer: null,
   wakeLock: null,
   cameraSwitching: false,
+  /** True between `waiting` and `joined`: admitted to nothing yet, so nothing is sent. */
+  waiting: false,
+  /** Set when the server ended the session for good (denied, removed, ended, replaced, left). */
+  final: null,
+  /** The live getDisplayMedia track while we share a screen, else null. */
+  screenTrack: null,
+  screenBusy: false,
+  /** Publish renegotiations run one after another: the server answers one offer at a time. */
+  negotiation: Promise.resolve(),
 };
 
 /**
@@ -64,8 +78,10 @@ const wardlink = {
   pcs: { publish: null, subscribe: null },
   /** Overall connection state, the same value as data-state on the indicator (or "idle"). */
   state: 'idle',
-  /** The visible view: join | conference | left | error. */
+  /** The visible view: join | waiting | conference | left | denied | removed | ended | replaced | error. */
   view: null,
+  /** Our current role (it changes when host rights are passed). */
+  role: null,
 };
 window.wardlink = wardlink;
 
@@ -170,6 +186,8 @@ function releaseLocalMedia() {
   stopStream(state.local?.stream);
   state.local = null;
   ui.setPreview(null, 'user');
+  ui.setWaitingPreview(null, 'user');
+  dropScreenTrack();
 }
 
 function applyLocalEnabled() {
@@ -266,16 +284,126 @@ async function startPublish() {
   const stream = state.local?.stream;
   const live = stream?.getTracks().filter((t) => t.readyState === 'live') ?? [];
   ui.setPublishNotice(live.length === 0);
-  if (live.length === 0) return;
+  const screen = state.screenTrack?.readyState === 'live' ? state.screenTrack : null;
+  if (live.length === 0 && !screen) return;
   const sig = state.sig;
   const conn = new PublishConnection(new MediaStream(live), {
     onCandidate: (candidate) => sig.send({ type: 'ice_candidate', pc: 'publish', candidate }),
     onStateChange: updateConnection,
   });
   state.publish = conn;
+  state.negotiation = Promise.resolve();
   updateConnection();
+  if (screen) await conn.addScreen(screen);
   const sdp = await conn.createOffer();
-  if (state.publish === conn) sig.send({ type: 'publish_offer', sdp });
+  if (state.publish === conn) sig.send(publishOffer(conn, sdp));
+}
+
+function publishOffer(conn, sdp) {
+  const msg = { type: 'publish_offer', sdp };
+  const mid = conn.screenMid;
+  if (mid !== null && mid !== undefined) msg.screen_mid = String(mid);
+  return msg;
+}
+
+/** Re-offers on the current publish connection once its previous offer has been answered. */
+function renegotiatePublish() {
+  const conn = state.publish;
+  if (!conn) return Promise.resolve();
+  state.negotiation = state.negotiation
+    .then(async () => {
+      const stable = await conn.waitStable();
+      if (state.publish !== conn) return;
+      // No answer in time: start the connection over rather than offer on top of a stuck one.
+      if (!stable) return startPublish();
+      const sdp = await conn.createOffer();
+      if (state.publish === conn) state.sig?.send(publishOffer(conn, sdp));
+    })
+    .catch((err) => console.error('publish renegotiation failed', err));
+  return state.negotiation;
+}
+
+// ---------------------------------------------------------------- screen share
+
+function screenShareSupported() {
+  return typeof navigator.mediaDevices?.getDisplayMedia === 'function';
+}
+
+function renderScreenShare() {
+  ui.setScreenShareState({
+    visible: screenShareSupported() && allowed(state.role, Action.PublishScreen),
+    sharing: Boolean(state.screenTrack),
+    busy: state.screenBusy,
+  });
+}
+
+async function startScreenShare() {
+  if (state.screenBusy || state.screenTrack || !allowed(state.role, Action.PublishScreen)) return;
+  state.screenBusy = true;
+  renderScreenShare();
+  try {
+    let captured;
+    try {
+      captured = await navigator.mediaDevices.getDisplayMedia({
+        video: { frameRate: { ideal: 5, max: 15 } },
+        audio: false,
+      });
+    } catch (err) {
+      // NotAllowedError is also what a cancelled picker reports: no message for that.
+      if (err?.name !== 'NotAllowedError') ui.toast(t('screen_share_failed'));
+      return;
+    }
+    const track = captured.getVideoTracks()[0];
+    for (const extra of captured.getTracks()) if (extra !== track) extra.stop();
+    if (!track || wardlink.view !== 'conference') {
+      track?.stop();
+      return;
+    }
+    // The browser's own "stop sharing" bar ends the track without asking us.
+    track.addEventListener('ended', () => {
+      if (state.screenTrack === track) stopScreenShare();
+    });
+    state.screenTrack = track;
+    renderScreenShare();
+    if (!state.publish) {
+      await startPublish();
+    } else {
+      await state.publish.addScreen(track);
+      await renegotiatePublish();
+    }
+  } catch (err) {
+    console.error('screen share failed', err);
+    ui.toast(t('screen_share_failed'));
+    dropScreenTrack();
+  } finally {
+    state.screenBusy = false;
+    renderScreenShare();
+  }
+}
+
+/** Stops our screen share and tells the server (the section goes inactive). */
+async function stopScreenShare() {
+  if (!state.screenTrack) return;
+  dropScreenTrack();
+  const conn = state.publish;
+  if (!conn) return;
+  try {
+    await conn.removeScreen();
+    await renegotiatePublish();
+  } catch (err) {
+    console.error('stopping the screen share failed', err);
+  }
+}
+
+function dropScreenTrack() {
+  const track = state.screenTrack;
+  state.screenTrack = null;
+  if (track && track.readyState === 'live') track.stop();
+  renderScreenShare();
+}
+
+function toggleScreenShare() {
+  return state.screenTrack ? stopScreenShare() : startScreenShare();
 }
 
 function closePublish() {
@@ -293,6 +421,18 @@ function ensureSubscribe() {
       state.remoteStreams.set(participantId, stream);
       ui.setTileStream(participantId, stream);
     },
+    onScreens: (screens) => {
+      if (state.subscribe !== conn) return;
+      screens.delete(state.participantId);
+      // A screen track that slipped into a camera stream (shared msid) would compete with
+      // the camera for the tile's <video>.
+      for (const track of screens.values()) {
+        for (const stream of state.remoteStreams.values()) {
+          if (stream.getTracks().includes(track)) stream.removeTrack(track);
+        }
+      }
+      ui.setScreens(screens);
+    },
     onCandidate: (candidate) => sig.send({ type: 'ice_candidate', pc: 'subscribe', candidate }),
     onStateChange: updateConnection,
   });
@@ -306,6 +446,7 @@ function closeSubscribe() {
   state.subscribe = null;
   for (const id of state.remoteStreams.keys()) ui.setTileStream(id, null);
   state.remoteStreams.clear();
+  ui.setScreens(new Map());
   updateConnection();
 }
 
@@ -329,6 +470,8 @@ function pcFor(kind) {
 
 function applyRoster(participants) {
   state.roster = Array.isArray(participants) ? participants : [];
+  const self = state.roster.find((e) => e && e.id === state.participantId);
+  if (self?.role && self.role !== state.role) setRole(self.role, state.roster);
   const ids = new Set();
   for (const entry of state.roster) {
     if (!entry || typeof entry.id !== 'string') continue;
@@ -345,17 +488,111 @@ function applyRoster(participants) {
   ui.retainTiles(ids);
 }
 
+/** Our role changed (host rights passed to or from us): redraw what depends on it. */
+function setRole(role, roster = []) {
+  const previous = state.role;
+  state.role = role;
+  wardlink.role = role;
+  if (previous && previous !== role) {
+    if (role === 'host') ui.toast(t('host_received'));
+    else if (previous === 'host') {
+      const host = roster.find((e) => e?.role === 'host');
+      if (host) ui.toast(t('host_passed', { name: host.display_name }));
+    }
+  }
+  renderRoleControls();
+}
+
+function renderRoleControls() {
+  ui.setEndConferenceVisible(allowed(state.role, Action.EndConference));
+  renderScreenShare();
+  setCanAdmit(allowed(state.role, Action.Admit));
+  ui.refreshTiles();
+}
+
 // ---------------------------------------------------------------- signaling session
+
+/** The server put us in the waiting room: show that and wait for `joined` (or `bye`). */
+function handleWaiting(msg) {
+  state.retryCount = 0;
+  state.sigState = 'connected';
+  state.waiting = true;
+  state.participantId = msg.participant_id ?? null;
+  state.roomTitle = msg.room_title ?? '';
+  state.role = msg.role ?? state.role;
+  wardlink.participantId = state.participantId;
+  wardlink.role = state.role;
+  ui.clearTiles();
+  ui.setWaitingInfo({ title: msg.room_title, name: msg.display_name, role: msg.role });
+  ui.setWaitingPreview(state.local?.stream ?? null, state.local?.facing ?? 'user');
+  ui.setJoinBusy(null);
+  if (wardlink.view !== 'waiting') showView('waiting');
+  updateConnection();
+}
+
+/** Someone with the mute right muted one of our tracks; the server already stopped it. */
+function handleMutedBy(msg) {
+  if (msg.kind === 'audio' || msg.kind === 'video') {
+    if (msg.kind === 'audio') state.micMuted = true;
+    else state.cameraMuted = true;
+    applyLocalEnabled();
+    renderControls();
+    applyRoster(state.roster);
+  } else if (msg.kind === 'screen') {
+    stopScreenShare();
+  } else {
+    return;
+  }
+  ui.toast(t(`muted_by_${msg.kind}`));
+}
+
+/** The server closes the session. Only an unexplained bye leads to an automatic rejoin. */
+function handleBye(reason) {
+  if (state.leaving) return;
+  switch (reason) {
+    case 'denied':
+    case 'removed':
+    case 'ended':
+    case 'replaced':
+    case 'left':
+      finishSession(reason);
+      return;
+    default:
+      console.warn('server ended the session', reason);
+      scheduleRetry();
+  }
+}
+
+/** Ends the session for good and shows the page for `reason` (no automatic rejoin). */
+function finishSession(reason) {
+  state.final = reason;
+  teardownSession();
+  releaseLocalMedia();
+  keepAwake(false);
+  state.waiting = false;
+  state.sigState = null;
+  state.participantId = null;
+  wardlink.participantId = null;
+  updateConnection();
+  ui.clearTiles();
+  resetLobby();
+  ui.setAudioBlocked(false);
+  ui.setJoinBusy(null);
+  showView(reason);
+}
 
 function handleJoined(msg) {
   state.retryCount = 0;
   state.sigState = 'connected';
+  state.waiting = false;
   state.participantId = msg.participant_id;
   state.roomId = msg.room_id;
   state.roomTitle = msg.room_title ?? '';
   state.role = msg.role;
   wardlink.participantId = msg.participant_id;
   wardlink.roomId = msg.room_id;
+  wardlink.role = msg.role;
+  ui.setWaitingPreview(null, 'user');
 
   ui.clearTiles();
   state.remoteStreams.clear();
@@ -366,6 +603,7 @@ function handleJoined(msg) {
   ui.setTileStream(msg.participant_id, state.local?.stream ?? null);
   applyRoster(msg.roster);
   renderControls();
+  renderRoleControls();
   ui.setJoinBusy(null);
   if (wardlink.view !== 'conference') showView('conference');
   updateConnection();
@@ -382,6 +620,12 @@ async function handleMessage(msg) {
   switch (msg.type) {
     case 'joined':
       return handleJoined(msg);
+    case 'waiting':
+      return handleWaiting(msg);
+    case 'lobby':
+      return setLobby(msg.waiting, { admit: allowed(state.role, Action.Admit) });
+    case 'muted_by':
+      return handleMutedBy(msg);
     case 'roster':
       return applyRoster(msg.participants);
     case 'publish_answer':
@@ -409,11 +653,7 @@ async function handleMessage(msg) {
       ui.toast(errorText(msg.code, msg.message));
       return;
     case 'bye':
-      if (!state.leaving) {
-        console.warn('server ended the session', msg.reason);
-        scheduleRetry();
-      }
-      return;
+      return handleBye(msg.reason);
     case 'pong':
       return;
     default:
@@ -430,10 +670,11 @@ function connectSignaling() {
         protocol: PROTOCOL_VERSION,
         token: state.token,
         display_name: state.displayName,
+        device: deviceSecret(),
       }),
     onMessage: (msg) => (state.sig === sig ? handleMessage(msg) : undefined),
     onClose: (info) => {
-      if (state.sig !== sig || state.leaving || state.fatal) return;
+      if (state.sig !== sig || state.leaving || state.fatal || state.final) return;
       console.warn('signaling closed', info);
       scheduleRetry();
     },
@@ -464,18 +705,35 @@ function scheduleRetry() {
   state.retryTimer = setTimeout(connectSignaling, delay);
 }
 
+/** Going back to the join page cannot fix these, so it is not offered after them. */
+const HOPELESS_CODES = ['invalid_token', 'token_expired', 'conference_ended', 'invitation_revoked'];
+
+/** When a not-yet-valid link becomes usable, if the token says (`nbf`, optional) . */
+function validWindow(claims) {
+  const from = claims?.nbf;
+  const to = claims?.exp;
+  if (!Number.isFinite(from) || !Number.isFinite(to)) return null;
+  return { from: new Date(from * 1000), to: new Date(to * 1000) };
+}
+
 function failFatal({ code, message, textKey }) {
   state.fatal = { code, message };
   teardownSession();
   releaseLocalMedia();
   keepAwake(false);
+  state.waiting = false;
   state.sigState = null;
   updateConnection();
   ui.clearTiles();
+  resetLobby();
   ui.setJoinBusy(null);
-  // Going back to the join page cannot fix a bad or expired link, so do not offer it then.
-  const hopeless = ['invalid_token', 'token_expired'].includes(code);
-  ui.setError({ code, message, textKey, canRetry: Boolean(state.token) && !hopeless });
+  ui.setError({
+    code,
+    message,
+    textKey,
+    canRetry: Boolean(state.token) && !HOPELESS_CODES.includes(code),
+    window: code === 'not_yet_valid' ? validWindow(state.claims) : null,
+  });
   showView('error');
 }
 
@@ -496,6 +754,8 @@ async function join() {
   state.displayName = name;
   state.leaving = false;
   state.fatal = null;
+  state.final = null;
+  state.waiting = false;
   state.retryCount = 0;
   state.sigState = 'connecting';
   applyLocalEnabled();
@@ -516,11 +776,13 @@ function leave() {
   state.retryTimer = null;
   releaseLocalMedia();
   keepAwake(false);
+  state.waiting = false;
   state.sigState = null;
   state.participantId = null;
   wardlink.participantId = null;
   updateConnection();
   ui.clearTiles();
+  resetLobby();
   ui.setAudioBlocked(false);
   showView('left');
 }
@@ -553,13 +815,26 @@ function wire() {
   on('camera-toggle', 'click', toggleCamera);
   on('camera-switch', 'click', flipCamera);
   on('leave-button', 'click', leave);
+  on('waiting-leave', 'click', leave);
+  on('screen-share-button', 'click', toggleScreenShare);
+  on('end-conference-button', 'click', requestEndConference);
   on('rejoin-button', 'click', showJoin);
+  on('replaced-rejoin', 'click', showJoin);
   on('error-back', 'click', showJoin);
   on('audio-unblock', 'click', () => {
     ui.setAudioBlocked(false);
     ui.playAllTiles();
   });
   ui.setAutoplayBlockedHandler(() => ui.setAudioBlocked(true));
+
+  const send = (msg) => state.sig?.send(msg);
+  initLobby({
+    onAdmit: (id) => send({ type: 'admit', participant_id: id }),
+    onDeny: (id) => send({ type: 'deny', participant_id: id }),
+  });
+  initHostControls({ send, getRole: () => state.role, getSelfId: () => state.participantId });
+  ui.setTileDecorator(decorateTile);
+  ui.setScreenDecorator(decorateScreen);
 
   // A pasted new link only changes the fragment, which does not reload the page by itself.
   window.addEventListener('hashchange', () => location.reload());
@@ -571,7 +846,7 @@ function wire() {
     }
   });
   document.addEventListener('visibilitychange', () => {
-    if (document.visibilityState === 'visible' && wardlink.view === 'conference') keepAwake(true);
+    if (document.visibilityState === 'visible' && ['conference', 'waiting'].includes(wardlink.view)) keepAwake(true);
   });
   // Closing the tab: tell the server now rather than after its timeout, so the tile disappears.
   window.addEventListener('pagehide', () => {
@@ -579,8 +854,17 @@ function wire() {
   });
 }
 
+/** /staff (and anything below it) is the staff app; every other path is the conference client. */
+function isStaffPath(pathname) {
+  return pathname === '/staff' || pathname.startsWith('/staff/');
+}
+
 function main() {
   applyI18n();
+  if (isStaffPath(location.pathname)) {
+    startStaff();
+    return;
+  }
   wire();
   renderControls();
   state.token = tokenFromHash(location.hash);

@@ -2,10 +2,11 @@
 // switch can redraw the same state in the other language without asking app.js again.
 
 import { t, roleName, errorText, onLangChange } from './i18n.js';
+import { formatDateTime } from './datetime.js';
 
 const $ = (id) => document.getElementById(id);
 
-const VIEWS = ['join', 'conference', 'left', 'error'];
+const VIEWS = ['join', 'waiting', 'conference', 'left', 'denied', 'removed', 'ended', 'replaced', 'error'];
 
 /** Shows one view and hides the others; the body's data-view lets CSS adapt the header. */
 export function showView(name) {
@@ -110,6 +111,33 @@ function renderDeviceStatus() {
   help.hidden = !key;
   help.textContent = key ? t(key) : '';
   retry.hidden = !r || (r.audio === 'ok' && r.video === 'ok') || r.audio === 'insecure';
+}
+
+// ---------------------------------------------------------------- waiting room
+
+let waitingInfo = null;
+
+/** Fills the waiting screen: conference title, our name and role (from the `waiting` message). */
+export function setWaitingInfo(info) {
+  waitingInfo = info;
+  renderWaitingInfo();
+}
+
+function renderWaitingInfo() {
+  if (!waitingInfo) return;
+  $('waiting-title').textContent = waitingInfo.title || '—';
+  $('waiting-name').textContent = waitingInfo.name || '—';
+  $('waiting-role').textContent = waitingInfo.role ? roleName(waitingInfo.role) : '—';
+}
+
+/** The optional local preview while waiting (camera only; nothing is sent yet). */
+export function setWaitingPreview(stream, facing) {
+  const video = $('waiting-preview');
+  const hasVideo = Boolean(stream?.getVideoTracks().length);
+  video.srcObject = hasVideo ? stream : null;
+  video.classList.toggle('mirror', facing !== 'environment');
+  video.parentElement.hidden = !hasVideo;
+  if (hasVideo) video.play().catch(() => {});
 }
 
 /** Disables the form while joining and shows progress text (a key), or re-enables it with null. */
@@ -249,6 +277,28 @@ function renderTile(tile) {
   const showVideo = tileVideoVisible(tile);
   el.classList.toggle('no-video', !showVideo);
   el.querySelector('video').classList.toggle('mirror', local && localFacing !== 'environment');
+  tileDecorator?.(el, entry, local);
+}
+
+let tileDecorator = null;
+
+/**
+ * Registers `fn(tileElement, rosterEntry, isLocal)`, called after every tile render, so the
+ * host controls can add or drop their buttons without ui.js knowing the permission rules.
+ */
+export function setTileDecorator(fn) {
+  tileDecorator = fn;
+}
+
+/** Re-renders every tile (after our own role changed, for instance). */
+export function refreshTiles() {
+  for (const tile of tiles.values()) renderTile(tile);
+  renderScreens();
+}
+
+/** The roster entry behind a tile, for labels elsewhere (screen tiles, lobby toasts). */
+export function entryFor(id) {
+  return tiles.get(id)?.entry ?? null;
 }
 
 function layoutTiles() {
@@ -290,6 +340,7 @@ export function upsertTile(entry, { local = false } = {}) {
   tile.entry = entry;
   tile.local = tile.local || local;
   renderTile(tile);
+  renderScreens();
 }
 
 /** Attaches a participant's MediaStream (audio+video) to its tile, creating a placeholder if needed. */
@@ -337,6 +388,81 @@ export function clearTiles() {
   }
   tiles.clear();
   layoutTiles();
+  setScreens(new Map());
+}
+
+// ---------------------------------------------------------------- screen shares
+
+/** participant id -> {el, track, stream} */
+const screens = new Map();
+let screenDecorator = null;
+
+/** Registers `fn(screenTileElement, participantId, displayName)`, called after each screen tile render. */
+export function setScreenDecorator(fn) {
+  screenDecorator = fn;
+}
+
+/**
+ * Shows one large tile per remote screen share (`shares`: participant id -> track), above
+ * (or beside, in landscape) the people. Tiles whose share ended are removed.
+ */
+export function setScreens(shares) {
+  for (const [id, screen] of screens) {
+    if (shares.get(id) === screen.track) continue;
+    screen.el.querySelector('video').srcObject = null;
+    screen.el.remove();
+    screens.delete(id);
+  }
+  for (const [id, track] of shares) {
+    if (screens.has(id)) continue;
+    const el = $('screen-template').content.firstElementChild.cloneNode(true);
+    el.dataset.participantId = id;
+    const stream = new MediaStream([track]);
+    const video = el.querySelector('video');
+    video.srcObject = stream;
+    screens.set(id, { el, track, stream });
+    $('screens').append(el);
+    playVideo(video);
+  }
+  renderScreens();
+}
+
+function renderScreens() {
+  const box = $('screens');
+  for (const [id, screen] of screens) {
+    const name = tiles.get(id)?.entry?.display_name;
+    const label = name ? t('screen_of', { name }) : t('screen_of_unknown');
+    screen.el.querySelector('.screen-name').textContent = label;
+    screen.el.setAttribute('aria-label', label);
+    screenDecorator?.(screen.el, id, name);
+  }
+  box.hidden = screens.size === 0;
+  box.dataset.count = String(screens.size);
+  $('view-conference').dataset.screens = String(screens.size);
+}
+
+// ---------------------------------------------------------------- host and sharing controls
+
+let screenShare = { visible: false, sharing: false, busy: false };
+
+/** The share button: hidden when the role or the browser cannot share; shows its state. */
+export function setScreenShareState(state) {
+  screenShare = state;
+  const button = $('screen-share-button');
+  button.hidden = !state.visible;
+  button.disabled = state.busy;
+  button.dataset.sharing = String(state.sharing);
+  button.classList.toggle('is-active', state.sharing);
+  setIcon(button.querySelector('use'), state.sharing ? 'i-screen-off' : 'i-screen');
+  button.querySelector('.btn-text').textContent = t(state.sharing ? 'screen_share_stop' : 'screen_share');
+  button.setAttribute('aria-label', t(state.sharing ? 'screen_share_stop_aria' : 'screen_share_aria'));
+  button.setAttribute('aria-pressed', String(state.sharing));
+  $('sharing-notice').hidden = !state.sharing;
+}
+
+/** The end-conference button in the control bar (host only). */
+export function setEndConferenceVisible(visible) {
+  $('end-conference-button').hidden = !visible;
 }
 
 /** Remembers which way the local camera faces so only the front camera is mirrored. */
@@ -365,16 +491,24 @@ export function setAudioBlocked(blocked) {
 
 let errorState = null;
 
-/** Fills the error view: localized by code when known, plus the server's own words as detail. */
-export function setError({ code, message, textKey, canRetry }) {
-  errorState = { code, message, textKey, canRetry };
+/**
+ * Fills the error view: localized by code when known, plus the server's own words as detail.
+ * `window` ({from, to} as Dates) adds when a not-yet-valid link can be used.
+ */
+export function setError({ code, message, textKey, canRetry, window: validWindow }) {
+  errorState = { code, message, textKey, canRetry, validWindow };
   renderError();
 }
 
 function renderError() {
   if (!errorState) return;
-  const { code, message, textKey, canRetry } = errorState;
+  const { code, message, textKey, canRetry, validWindow } = errorState;
   $('error-message').textContent = textKey ? t(textKey) : errorText(code, message);
+  const windowEl = $('error-window');
+  windowEl.hidden = !validWindow;
+  windowEl.textContent = validWindow
+    ? t('err_not_yet_valid_window', { from: formatDateTime(validWindow.from), to: formatDateTime(validWindow.to) })
+    : '';
   const detail = $('error-detail');
   detail.hidden = !message;
   detail.textContent = message ? t('error_detail', { msg: message }) : '';
@@ -392,7 +526,11 @@ export function toast(text, timeoutMs = 6000) {
 }
 
 onLangChange(() => {
+  // The staff pages remove the guest views; nothing here to redraw then.
+  if (!$('view-conference')) return;
   renderJoinInfo();
+  renderWaitingInfo();
+  setScreenShareState(screenShare);
   renderDeviceStatus();
   if (joinBusy) setJoinBusy(joinBusy);
   if (nameErrorKey) setNameError(nameErrorKey, false);
@@ -401,6 +539,6 @@ onLangChange(() => {
   if (quality) setQuality(quality);
   setMicState(micState);
   setCameraState(cameraState);
-  for (const tile of tiles.values()) renderTile(tile);
+  refreshTiles();
   renderError();
 });

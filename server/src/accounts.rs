@@ -91,7 +91,9 @@ impl std::str::FromStr for Profession {
         Profession::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown profession {s:?} (expected nurse, doctor, msw or admin)"))
+            .ok_or_else(|| {
+                format!("unknown profession {s:?} (expected nurse, doctor, msw or admin)")
+            })
     }
 }
 
@@ -190,7 +192,9 @@ pub fn validate_display_name(name: &str) -> Result<String, AccountError> {
         return Err(AccountError::InvalidDisplayName("empty"));
     }
     if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
-        return Err(AccountError::InvalidDisplayName("longer than 64 characters"));
+        return Err(AccountError::InvalidDisplayName(
+            "longer than 64 characters",
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err(AccountError::InvalidDisplayName(
@@ -478,21 +482,6 @@ impl LoginError {
     }
 }
 
-impl From<AddressRefusal> for LoginError {
-    fn from(r: AddressRefusal) -> Self {
-        match r {
-            AddressRefusal::RateLimited { retry_after_ms } => {
-                LoginError::RateLimited { retry_after_ms }
-            }
-            AddressRefusal::Blocked { until_ms } => LoginError::IpBlocked {
-                // The limiter reports absolute times; callers want a duration.
-                retry_after_ms: until_ms - crate::store::now_ms(),
-                just_blocked: false,
-            },
-        }
-    }
-}
-
 /// Lockout and session lifetimes, from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -562,7 +551,11 @@ pub fn record_account_success(conn: &Connection, user_id: i64) -> Result<(), Acc
 }
 
 /// When the account's lock ends, if it is locked at `now_ms`.
-pub fn locked_until(conn: &Connection, user_id: i64, now_ms: i64) -> Result<Option<i64>, AccountError> {
+pub fn locked_until(
+    conn: &Connection,
+    user_id: i64,
+    now_ms: i64,
+) -> Result<Option<i64>, AccountError> {
     let until: i64 = conn.query_row(
         "SELECT locked_until_ms FROM users WHERE id = ?1",
         [user_id],
@@ -573,7 +566,12 @@ pub fn locked_until(conn: &Connection, user_id: i64, now_ms: i64) -> Result<Opti
 
 /// Checks `code` against the account's confirmed TOTP secret at `now_ms` and, if it is
 /// valid and newer than the last accepted code, records its step (so it cannot be replayed).
-pub fn check_totp(conn: &Connection, user_id: i64, code: &str, now_ms: i64) -> Result<bool, AccountError> {
+pub fn check_totp(
+    conn: &Connection,
+    user_id: i64,
+    code: &str,
+    now_ms: i64,
+) -> Result<bool, AccountError> {
     let row: Option<(Option<String>, i64)> = conn
         .query_row(
             "SELECT totp_secret, totp_last_step FROM users WHERE id = ?1",
@@ -819,7 +817,10 @@ pub fn promote_session(
     now_ms: i64,
 ) -> Result<String, SessionError> {
     let tx = conn.unchecked_transaction()?;
-    let deleted = tx.execute("DELETE FROM sessions WHERE id_hash = ?1", [&session.id_hash])?;
+    let deleted = tx.execute(
+        "DELETE FROM sessions WHERE id_hash = ?1",
+        [&session.id_hash],
+    )?;
     if deleted == 0 {
         // Logged out (or promoted by a concurrent request) meanwhile.
         return Err(SessionError::Missing);
@@ -853,7 +854,11 @@ pub fn delete_user_sessions(conn: &Connection, user_id: i64) -> Result<(), rusql
 
 /// Deletes sessions that have ended by `now_ms` (they are refused anyway; this keeps the
 /// table small).
-pub fn purge_expired_sessions(conn: &Connection, policy: &Policy, now_ms: i64) -> Result<usize, rusqlite::Error> {
+pub fn purge_expired_sessions(
+    conn: &Connection,
+    policy: &Policy,
+    now_ms: i64,
+) -> Result<usize, rusqlite::Error> {
     conn.execute(
         "DELETE FROM sessions WHERE last_seen_ms <= ?1 OR created_ms <= ?2
             OR (stage = 'password' AND created_ms <= ?3)",
@@ -910,7 +915,9 @@ impl Accounts {
         peer: IpAddr,
         now_ms: i64,
     ) -> Result<User, LoginError> {
-        self.limiter.begin_attempt(peer, now_ms).map_err(|r| self.refusal(r, now_ms))?;
+        self.limiter
+            .begin_attempt(peer, now_ms)
+            .map_err(|r| self.refusal(r, now_ms))?;
         let name = username.trim().to_ascii_lowercase();
         let account = self
             .store
@@ -980,7 +987,9 @@ impl Accounts {
         peer: IpAddr,
         now_ms: i64,
     ) -> Result<(), LoginError> {
-        self.limiter.begin_attempt(peer, now_ms).map_err(|r| self.refusal(r, now_ms))?;
+        self.limiter
+            .begin_attempt(peer, now_ms)
+            .map_err(|r| self.refusal(r, now_ms))?;
         let (id, code_owned) = (user.id, code.to_owned());
         let (lock, ok) = self
             .store
@@ -1088,18 +1097,34 @@ mod tests {
     fn dummy_hash_uses_the_default_parameters() {
         let parsed = PasswordHash::new(DUMMY_HASH).unwrap();
         let params = argon2::Params::try_from(&parsed).unwrap();
-        assert_eq!(params, argon2::Params::default());
+        let default = argon2::Params::default();
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (default.m_cost(), default.t_cost(), default.p_cost())
+        );
+        assert_eq!(
+            parsed.hash.map(|h| h.len()),
+            Some(argon2::Params::DEFAULT_OUTPUT_LEN)
+        );
+        assert!(!verify_password("", DUMMY_HASH));
         assert_eq!(parsed.algorithm, argon2::Algorithm::Argon2id.ident());
     }
 
     #[test]
     fn passwords_hash_with_argon2id_and_verify() {
         let hash = hash_password("correct horse battery").unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
         assert!(verify_password("correct horse battery", &hash));
         assert!(!verify_password("correct horse batterY", &hash));
         assert!(!verify_password("x", "not a hash"));
-        assert_ne!(hash, hash_password("correct horse battery").unwrap(), "salted");
+        assert_ne!(
+            hash,
+            hash_password("correct horse battery").unwrap(),
+            "salted"
+        );
     }
 
     #[test]
@@ -1111,7 +1136,10 @@ mod tests {
         assert!(validate_display_name(" ").is_err());
         assert!(validate_display_name("a\nb").is_err());
         assert!(validate_password("short").is_err());
-        assert!(validate_password("１２３４５６７８９０１２").is_ok(), "12 characters, any script");
+        assert!(
+            validate_password("１２３４５６７８９０１２").is_ok(),
+            "12 characters, any script"
+        );
         assert!(validate_password(&"x".repeat(MAX_PASSWORD_BYTES + 1)).is_err());
     }
 
@@ -1143,7 +1171,10 @@ mod tests {
             Err(SessionError::Missing)
         ));
         assert_eq!(list_users(&conn).unwrap().len(), 1);
-        assert!(matches!(disable_user(&conn, "nobody"), Err(AccountError::NotFound)));
+        assert!(matches!(
+            disable_user(&conn, "nobody"),
+            Err(AccountError::NotFound)
+        ));
     }
 
     #[tokio::test]
@@ -1159,22 +1190,49 @@ mod tests {
         assert_eq!(ok.username, "sato");
 
         // Unknown names and wrong passwords get the same answer.
-        let unknown = accounts.authenticate("nobody", "whatever", peer(), T0).await.unwrap_err();
-        assert!(matches!(unknown, LoginError::InvalidCredentials { account: None }));
-        let wrong = accounts.authenticate("sato", "wrong", peer(), T0).await.unwrap_err();
-        assert!(matches!(&wrong, LoginError::InvalidCredentials { account: Some(a) } if a == "sato"));
-        assert_eq!((unknown.code(), unknown.to_string()), (wrong.code(), wrong.to_string()));
+        let unknown = accounts
+            .authenticate("nobody", "whatever", peer(), T0)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            unknown,
+            LoginError::InvalidCredentials { account: None }
+        ));
+        let wrong = accounts
+            .authenticate("sato", "wrong", peer(), T0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&wrong, LoginError::InvalidCredentials { account: Some(a) } if a == "sato")
+        );
+        assert_eq!(
+            (unknown.code(), unknown.to_string()),
+            (wrong.code(), wrong.to_string())
+        );
 
         // A success resets the count: two more failures do not lock ...
-        accounts.authenticate("sato", "correct horse battery", peer(), T0).await.unwrap();
+        accounts
+            .authenticate("sato", "correct horse battery", peer(), T0)
+            .await
+            .unwrap();
         for _ in 0..2 {
-            let e = accounts.authenticate("sato", "wrong", peer(), T0).await.unwrap_err();
+            let e = accounts
+                .authenticate("sato", "wrong", peer(), T0)
+                .await
+                .unwrap_err();
             assert_eq!(e.code(), "invalid_credentials");
         }
         // ... the third consecutive one does.
-        let e = accounts.authenticate("sato", "wrong", peer(), T0 + 1).await.unwrap_err();
+        let e = accounts
+            .authenticate("sato", "wrong", peer(), T0 + 1)
+            .await
+            .unwrap_err();
         match &e {
-            LoginError::AccountLocked { just_locked, retry_after_ms, .. } => {
+            LoginError::AccountLocked {
+                just_locked,
+                retry_after_ms,
+                ..
+            } => {
                 assert!(*just_locked);
                 assert_eq!(*retry_after_ms, 15 * 60_000);
             }
@@ -1186,17 +1244,34 @@ mod tests {
             .authenticate("sato", "correct horse battery", peer(), T0 + 60_000)
             .await
             .unwrap_err();
-        assert!(matches!(e, LoginError::AccountLocked { just_locked: false, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                LoginError::AccountLocked {
+                    just_locked: false,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         // After the lockout period it works again.
         accounts
-            .authenticate("sato", "correct horse battery", peer(), T0 + 1 + 15 * 60_000)
+            .authenticate(
+                "sato",
+                "correct horse battery",
+                peer(),
+                T0 + 1 + 15 * 60_000,
+            )
             .await
             .unwrap();
 
         // A disabled account is reported only with the right password.
         disable_user(&store.lock(), "sato").unwrap();
         let later = T0 + 3_600_000;
-        let e = accounts.authenticate("sato", "wrong", peer(), later).await.unwrap_err();
+        let e = accounts
+            .authenticate("sato", "wrong", peer(), later)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "invalid_credentials");
         let e = accounts
             .authenticate("sato", "correct horse battery", peer(), later)
@@ -1213,10 +1288,25 @@ mod tests {
         c.security.login_max_failures_per_ip = 2;
         c.limits.logins_per_minute_per_ip = 5;
         let accounts = Accounts::new(store, &c);
-        let e = accounts.authenticate("a-nobody", "x", peer(), T0).await.unwrap_err();
+        let e = accounts
+            .authenticate("a-nobody", "x", peer(), T0)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "invalid_credentials");
-        let e = accounts.authenticate("b-nobody", "x", peer(), T0).await.unwrap_err();
-        assert!(matches!(e, LoginError::IpBlocked { just_blocked: true, .. }), "{e:?}");
+        let e = accounts
+            .authenticate("b-nobody", "x", peer(), T0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoginError::IpBlocked {
+                    just_blocked: true,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         // Blocked even for a correct password, but only this address.
         let e = accounts
             .authenticate("sato", "correct horse battery", peer(), T0 + 1)
@@ -1224,10 +1314,15 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code(), "ip_blocked");
         let other: IpAddr = "192.0.2.11".parse().unwrap();
-        accounts.authenticate("sato", "correct horse battery", other, T0).await.unwrap();
+        accounts
+            .authenticate("sato", "correct horse battery", other, T0)
+            .await
+            .unwrap();
         // The attempt rate: 5 per minute from `other`, one used above.
         for _ in 0..4 {
-            let _ = accounts.authenticate("sato", "correct horse battery", other, T0 + 2).await;
+            let _ = accounts
+                .authenticate("sato", "correct horse battery", other, T0 + 2)
+                .await;
         }
         let e = accounts
             .authenticate("sato", "correct horse battery", other, T0 + 3)
@@ -1244,23 +1339,41 @@ mod tests {
         let secret = begin_totp_enrolment(&store.lock(), user.id).unwrap();
         let step = crate::totp::step_at(unix_secs(T0));
         let code = crate::totp::code_at_step(&secret, step).unwrap();
-        assert!(!confirm_totp_enrolment(&store.lock(), user.id, "000000", T0).unwrap() || code == "000000");
+        assert!(
+            !confirm_totp_enrolment(&store.lock(), user.id, "000000", T0).unwrap()
+                || code == "000000"
+        );
         assert!(confirm_totp_enrolment(&store.lock(), user.id, &code, T0).unwrap());
         let user = find_user(&store.lock(), "sato").unwrap().unwrap();
         assert_eq!(user.next_step(), NextStep::Totp);
 
         let accounts = Accounts::new(store.clone(), &config());
         // The code used to confirm enrolment cannot be used to log in.
-        let e = accounts.verify_totp(&user, &code, peer(), T0).await.unwrap_err();
+        let e = accounts
+            .verify_totp(&user, &code, peer(), T0)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "invalid_totp");
         let next = crate::totp::code_at_step(&secret, step + 1).unwrap();
-        accounts.verify_totp(&user, &next, peer(), T0).await.unwrap();
-        let e = accounts.verify_totp(&user, &next, peer(), T0 + 1000).await.unwrap_err();
+        accounts
+            .verify_totp(&user, &next, peer(), T0)
+            .await
+            .unwrap();
+        let e = accounts
+            .verify_totp(&user, &next, peer(), T0 + 1000)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "invalid_totp", "replay");
         // Three wrong codes in a row lock the account (the replay above was one).
-        let e = accounts.verify_totp(&user, "123456x", peer(), T0).await.unwrap_err();
+        let e = accounts
+            .verify_totp(&user, "123456x", peer(), T0)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "invalid_totp");
-        let e = accounts.verify_totp(&user, "", peer(), T0).await.unwrap_err();
+        let e = accounts
+            .verify_totp(&user, "", peer(), T0)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "account_locked");
 
         // Reset forgets the secret; disabling TOTP skips the second factor.
@@ -1273,7 +1386,10 @@ mod tests {
         let code = crate::totp::code_at_step(&secret, step).unwrap();
         assert!(confirm_totp_enrolment(&store.lock(), u.id, &code, T0).unwrap());
         assert_eq!(
-            find_user(&store.lock(), "sato").unwrap().unwrap().next_step(),
+            find_user(&store.lock(), "sato")
+                .unwrap()
+                .unwrap()
+                .next_step(),
             NextStep::Totp
         );
     }
@@ -1290,7 +1406,9 @@ mod tests {
         let cookie = create_session(&conn, user.id, Stage::Full, T0, Some(peer()), T0).unwrap();
         assert_eq!(URL_SAFE_NO_PAD.decode(&cookie).unwrap().len(), 32);
         // Only the hash is stored.
-        let stored: String = conn.query_row("SELECT id_hash FROM sessions", [], |r| r.get(0)).unwrap();
+        let stored: String = conn
+            .query_row("SELECT id_hash FROM sessions", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(stored, session_hash(&cookie));
         assert_ne!(stored, cookie);
 
@@ -1355,11 +1473,17 @@ mod tests {
         assert_eq!((s.stage, s.created_ms), (Stage::Full, T0));
         // Promoting a session that is gone fails.
         delete_session(&conn, &full).unwrap();
-        assert!(matches!(promote_session(&conn, &s, None, T0), Err(SessionError::Missing)));
+        assert!(matches!(
+            promote_session(&conn, &s, None, T0),
+            Err(SessionError::Missing)
+        ));
 
         let _old = create_session(&conn, user.id, Stage::Full, T0, None, T0).unwrap();
         let live = create_session(&conn, user.id, Stage::Full, T0, None, T0 + 20 * 60_000).unwrap();
-        assert_eq!(purge_expired_sessions(&conn, &policy, T0 + 20 * 60_000).unwrap(), 1);
+        assert_eq!(
+            purge_expired_sessions(&conn, &policy, T0 + 20 * 60_000).unwrap(),
+            1
+        );
         assert!(check_session(&conn, &live, &policy, T0 + 21 * 60_000, false).is_ok());
     }
 }

@@ -7,6 +7,7 @@
 //! - `GET /assets/<file>` (and `GET /<file>` for relative references from `/join`): the
 //!   other files of `web-client/`, embedded at build time;
 //! - `GET /healthz`: `ok`;
+//! - `/api/...`: the staff JSON API, see [`crate::staff_api`];
 //! - `GET /ws`: WebSocket upgrade, handed to [`crate::session::handle_socket`].
 
 use std::net::SocketAddr;
@@ -48,7 +49,8 @@ pub fn web_assets() -> &'static [(&'static str, &'static [u8], &'static str)] {
 
 /// Builds the router for `state`. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router(state: Arc<AppState>) -> Router {
-    with_security_headers(static_routes().route("/ws", any(websocket))).with_state(state)
+    let api = crate::staff_api::routes(state.clone());
+    with_security_headers(static_routes().merge(api).route("/ws", any(websocket))).with_state(state)
 }
 
 /// Every route except `/ws`: the web client and the health check.
@@ -226,7 +228,7 @@ where
 }
 
 /// The host the client addressed: `Host` (HTTP/1.1) or the `:authority` (HTTP/2).
-fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+pub(crate) fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
     headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())

@@ -1,6 +1,7 @@
 //! The wardlink server library: configuration, TLS, HTTP/WebSocket shell, room registry and
 //! the SFU media plane. `main.rs` is a thin CLI over this.
 
+pub mod accounts;
 pub mod audit;
 pub mod conferences;
 pub mod config;
@@ -12,5 +13,7 @@ pub mod ratelimit;
 pub mod rooms;
 pub mod server;
 pub mod session;
+pub mod staff_api;
 pub mod store;
 pub mod tls;
+pub mod totp;

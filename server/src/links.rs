@@ -1,10 +1,11 @@
-//! Conference creation: a fresh room id and one signed join link per role.
+//! Join links: signing invitation tokens, the link format and how a new conference's links
+//! are printed.
 //!
-//! A room exists only in its tokens until someone joins with one; creating links needs the
-//! signing key, not a running server.
+//! Conferences and their invitations are recorded in the database by
+//! [`crate::conferences::create_conference`], which signs its links with the functions here;
+//! a token without an invitation row is refused at join.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use rand::Rng as _;
 use serde::Serialize;
@@ -28,6 +29,8 @@ pub struct RoomLinks {
     pub room_id: String,
     /// Conference title (trimmed).
     pub title: String,
+    /// When the links start working, unix seconds.
+    pub valid_from: u64,
     /// When the links stop working, unix seconds.
     pub expires_at: u64,
     /// One link per role, host first.
@@ -45,6 +48,8 @@ pub struct RoleLink {
     pub url: String,
     /// The signed token alone.
     pub token: String,
+    /// The invitation's id (the token's `jti`), for revoking it.
+    pub invitation_id: String,
 }
 
 /// Why a conference could not be created.
@@ -55,32 +60,9 @@ pub enum LinkError {
     InvalidTitle(&'static str),
 }
 
-/// Creates a conference titled `title` with one link per [`DEFAULT_ROLES`] entry, valid from
-/// `now` (unix seconds) for `valid_for`.
-pub fn create_room(
-    signer: &TokenSigner,
-    base_url: &str,
-    title: &str,
-    valid_for: Duration,
-    now: u64,
-) -> Result<RoomLinks, LinkError> {
-    let title = validate_title(title)?;
-    let room_id = random_hex_id();
-    let exp = now.saturating_add(valid_for.as_secs());
-    let links = DEFAULT_ROLES
-        .iter()
-        .map(|&(role, name)| sign_link(signer, base_url, &room_id, &title, role, name, now, exp))
-        .collect();
-    Ok(RoomLinks {
-        room_id,
-        title,
-        expires_at: exp,
-        links,
-    })
-}
-
-/// Signs one join link. Exposed so tests and tools can mint links for other roles, names or
-/// expiry times (e.g. already-expired ones).
+/// Signs one join link with a fresh random `jti`. It has no invitation row, so a server
+/// refuses it at join (`invalid_token`); use [`crate::conferences::issue_invitation`] for a
+/// link that works. Kept for tests that need authentic-but-unknown tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn sign_link(
     signer: &TokenSigner,
@@ -102,12 +84,18 @@ pub fn sign_link(
         exp,
         jti: random_hex_id(),
     };
-    let token = signer.sign(&claims);
+    sign_claims(signer, base_url, &claims)
+}
+
+/// Signs `claims` into a link (the invitation id is the `jti`).
+pub fn sign_claims(signer: &TokenSigner, base_url: &str, claims: &JoinClaims) -> RoleLink {
+    let token = signer.sign(claims);
     RoleLink {
-        role,
-        display_name: display_name.to_owned(),
+        role: claims.role,
+        display_name: claims.name.clone(),
         url: join_url(base_url, &token),
         token,
+        invitation_id: claims.jti.clone(),
     }
 }
 
@@ -144,13 +132,23 @@ impl RoomLinks {
         let _ = writeln!(out, "Room id:           {}", self.room_id);
         let _ = writeln!(
             out,
+            "有効開始 / Valid from:  {} JST ({} UTC)",
+            format_unix(self.valid_from, 9 * 3600),
+            format_unix(self.valid_from, 0)
+        );
+        let _ = writeln!(
+            out,
             "有効期限 / Valid until: {} JST ({} UTC)",
             format_unix(self.expires_at, 9 * 3600),
             format_unix(self.expires_at, 0)
         );
         for link in &self.links {
             let _ = writeln!(out);
-            let _ = writeln!(out, "  {} ({}):", link.display_name, link.role);
+            let _ = writeln!(
+                out,
+                "  {} ({}, invitation {}):",
+                link.display_name, link.role, link.invitation_id
+            );
             let _ = writeln!(out, "    {}", link.url);
         }
         let _ = writeln!(out);
@@ -188,44 +186,40 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
 
     #[test]
-    fn creates_one_verifiable_link_per_default_role() {
+    fn signed_links_carry_the_claims_in_the_fragment() {
         let signer = TokenSigner::from_bytes(&[3; 32]);
-        let room = create_room(
+        let link = sign_link(
             &signer,
             "https://conf.example.jp/",
-            "  退院前カンファレンス ",
-            Duration::from_secs(3600),
+            "0123456789abcdef",
+            "退院前カンファレンス",
+            Role::CareManager,
+            "ケアマネジャー",
             NOW,
-        )
-        .unwrap();
-        assert_eq!(room.title, "退院前カンファレンス");
-        assert_eq!(room.room_id.len(), 16);
-        assert!(room.room_id.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(room.expires_at, NOW + 3600);
-        let roles: Vec<_> = room
-            .links
-            .iter()
-            .map(|l| (l.role, l.display_name.as_str()))
-            .collect();
-        assert_eq!(roles, DEFAULT_ROLES.to_vec());
-        let mut jtis = Vec::new();
-        for link in &room.links {
-            assert_eq!(
-                link.url,
-                format!("https://conf.example.jp/join#t={}", link.token)
-            );
-            let claims = signer.verifier().verify(&link.token, NOW).unwrap();
-            assert_eq!(claims.room, room.room_id);
-            assert_eq!(claims.title, room.title);
-            assert_eq!(claims.role, link.role);
-            assert_eq!(claims.name, link.display_name);
-            assert_eq!((claims.iat, claims.exp), (NOW, NOW + 3600));
-            jtis.push(claims.jti);
-        }
-        jtis.dedup();
-        assert_eq!(jtis.len(), 3, "token ids must differ");
-        let other = create_room(&signer, "https://x", "t", Duration::from_secs(1), NOW).unwrap();
-        assert_ne!(other.room_id, room.room_id);
+            NOW + 3600,
+        );
+        assert_eq!(
+            link.url,
+            format!("https://conf.example.jp/join#t={}", link.token)
+        );
+        let claims = signer.verifier().verify(&link.token, NOW).unwrap();
+        assert_eq!(claims.room, "0123456789abcdef");
+        assert_eq!(claims.role, Role::CareManager);
+        assert_eq!(claims.name, "ケアマネジャー");
+        assert_eq!((claims.iat, claims.exp), (NOW, NOW + 3600));
+        assert_eq!(claims.jti, link.invitation_id);
+        assert_eq!(claims.jti.len(), 16);
+        let other = sign_link(
+            &signer,
+            "https://x",
+            "r",
+            "t",
+            Role::Host,
+            "n",
+            NOW,
+            NOW + 1,
+        );
+        assert_ne!(other.invitation_id, link.invitation_id);
     }
 
     #[test]
@@ -239,32 +233,39 @@ mod tests {
             120
         );
         assert!(validate_title(&"あ".repeat(121)).is_err());
-        let signer = TokenSigner::from_bytes(&[3; 32]);
-        assert_eq!(
-            create_room(&signer, "https://x", "", Duration::from_secs(1), NOW),
-            Err(LinkError::InvalidTitle("empty"))
-        );
+        assert_eq!(validate_title(""), Err(LinkError::InvalidTitle("empty")));
+        assert_eq!(validate_title("  退院前 ").unwrap(), "退院前");
     }
 
     #[test]
     fn json_and_text_forms() {
         let signer = TokenSigner::from_bytes(&[3; 32]);
-        let room = create_room(
-            &signer,
-            "https://h:1",
-            "デモ会議 (demo)",
-            Duration::from_secs(86_400),
-            NOW,
-        )
-        .unwrap();
+        let exp = NOW + 86_400;
+        let links = DEFAULT_ROLES
+            .iter()
+            .map(|&(role, name)| sign_link(&signer, "https://h:1", "r1", "t", role, name, NOW, exp))
+            .collect();
+        let room = RoomLinks {
+            room_id: "r1".into(),
+            title: "デモ会議 (demo)".into(),
+            valid_from: NOW,
+            expires_at: exp,
+            links,
+        };
         let json = serde_json::to_value(&room).unwrap();
         assert_eq!(json["links"][0]["role"], "host");
         assert_eq!(json["links"][1]["role"], "care_manager");
         assert_eq!(json["links"][2]["display_name"], "認定調査員");
+        assert_eq!(
+            json["links"][2]["invitation_id"],
+            room.links[2].invitation_id
+        );
+        assert_eq!(json["expires_at"], exp);
         let text = room.to_text();
         assert!(text.contains("デモ会議 (demo)"));
         for link in &room.links {
             assert!(text.contains(&link.url));
+            assert!(text.contains(&link.invitation_id));
         }
         // 1_700_086_400 = 2023-11-15 22:13:20 UTC.
         assert!(

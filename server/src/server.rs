@@ -29,7 +29,12 @@ pub struct AppState {
     pub audit: crate::audit::Audit,
     /// WebSocket join attempts per address (`limits.joins_per_minute_per_ip`).
     pub join_limiter: crate::ratelimit::SlidingWindow,
+    /// Staff accounts, login limits and sessions.
+    pub accounts: crate::accounts::Accounts,
+    /// Base URL for join links, without a trailing slash.
+    pub base_url: String,
 }
+
 /// A server that is accepting connections.
 pub struct RunningServer {
     /// Bound HTTPS/WSS address (the real port when `listen` had port 0).
@@ -77,9 +82,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         &config.data_dir,
         config.security.audit_redact_peer,
     )?;
+    audit
+        .record(crate::audit::AuditEvent {
+            actor: "system".into(),
+            action: "config_loaded",
+            conference: None,
+            peer: None,
+            detail: config_summary(&config, https_addr, media_addr),
+        })
+        .context("cannot write the audit log")?;
     let rooms = crate::rooms::Registry::new(&config, media, store.clone(), audit.clone());
     let join_limiter =
         crate::ratelimit::SlidingWindow::new(config.limits.joins_per_minute_per_ip, 60_000);
+
+    let accounts = crate::accounts::Accounts::new(store.clone(), &config);
 
     let base_url = config.base_url_for(https_addr);
     let state = Arc::new(AppState {
@@ -89,6 +105,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         store,
         audit,
         join_limiter,
+        accounts,
+        base_url: base_url.clone(),
     });
 
     let (handle, task) = serve_tls(
@@ -109,16 +127,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 }
 
 impl RunningServer {
-    /// Creates a conference with the default role links, valid for `link_valid_hours`.
+    /// Creates a conference starting now with the default invitations (host, care manager,
+    /// surveyor), recorded in the database and the audit log (actor `system`). Its links
+    /// work from now for `link_valid_hours`.
     pub fn create_room(&self, title: &str) -> anyhow::Result<RoomLinks> {
-        let valid_for = Duration::from_secs(self.state.config.link_valid_hours * 3600);
-        Ok(crate::links::create_room(
+        let config = &self.state.config;
+        let now = crate::store::now_ms();
+        let hours = i64::try_from(config.link_valid_hours).unwrap_or(i64::MAX / 3_600_000);
+        let invitations = crate::conferences::default_invitations();
+        let new = crate::conferences::NewConference {
+            title,
+            scheduled_ms: now,
+            not_before_ms: now,
+            expires_ms: now.saturating_add(hours.saturating_mul(3_600_000)),
+            created_by: None,
+            invitations: &invitations,
+        };
+        let room = crate::conferences::create_conference(
+            &self.state.store.lock(),
             &self.state.keys.signer,
             &self.base_url,
-            title,
-            valid_for,
-            unix_now(),
-        )?)
+            &new,
+            now,
+        )?;
+        crate::conferences::audit_created(&self.state.audit, "system", None, &room, now)?;
+        Ok(room)
     }
 
     /// The shared state (configuration, keys, rooms).
@@ -172,6 +205,52 @@ pub fn serve_tls(
     .handle(handle.clone());
     let task = tokio::spawn(server.serve(app.into_make_service_with_connect_info::<SocketAddr>()));
     (handle, task)
+}
+
+/// The non-secret configuration recorded as `config_loaded`: enough to tell later which
+/// limits and TLS policy were in force, never key material (fields are listed one by one so
+/// a secret added to the config later does not slip in).
+fn config_summary(
+    config: &Config,
+    https_addr: SocketAddr,
+    media_addr: SocketAddr,
+) -> serde_json::Value {
+    let s = &config.security;
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "listen": https_addr.to_string(),
+        "media_port": media_addr.port(),
+        "media_bind": config.media_bind.to_string(),
+        "public_ip": config.public_ip.map(|ip| ip.to_string()),
+        "public_url": config.public_url,
+        "tls": if config.tls_cert.is_some() { "file" } else { "self_signed" },
+        "tls_cert": config.tls_cert.as_ref().map(|p| p.display().to_string()),
+        "tls12_allowed": s.allow_tls12,
+        "data_dir": config.data_dir.display().to_string(),
+        "connect_timeout_secs": config.connect_timeout_secs,
+        "link_valid_hours": config.link_valid_hours,
+        "max_participants_per_room": config.max_participants_per_room,
+        "security": {
+            "allowed_origins": s.allowed_origins,
+            "session_idle_minutes": s.session_idle_minutes,
+            "session_absolute_hours": s.session_absolute_hours,
+            "login_max_failures_per_account": s.login_max_failures_per_account,
+            "login_max_failures_per_ip": s.login_max_failures_per_ip,
+            "login_lockout_minutes": s.login_lockout_minutes,
+            "audit_redact_peer": s.audit_redact_peer,
+            "invitation_early_minutes": s.invitation_early_minutes,
+            "invitation_late_hours": s.invitation_late_hours,
+        },
+        "limits": {
+            "max_conferences": config.limits.max_conferences,
+            "max_message_bytes": config.limits.max_message_bytes,
+            "ws_messages_per_second": config.limits.ws_messages_per_second,
+            "ws_message_burst": config.limits.ws_message_burst,
+            "joins_per_minute_per_ip": config.limits.joins_per_minute_per_ip,
+            "logins_per_minute_per_ip": config.limits.logins_per_minute_per_ip,
+            "ws_idle_secs": config.limits.ws_idle_secs,
+        },
+    })
 }
 
 /// Current time in unix seconds.
@@ -276,6 +355,22 @@ mod tests {
             .verifier
             .verify(&room.links[0].token, now)
             .is_ok());
+        // Each start is audited, and the chain carries across restarts.
+        let audit = &again.state().audit;
+        let loaded: Vec<_> = audit
+            .entries(None, None)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "config_loaded")
+            .collect();
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(loaded[1].actor, "system");
+        let detail: serde_json::Value = serde_json::from_str(&loaded[1].detail).unwrap();
+        assert_eq!(detail["tls"], "self_signed");
+        assert_eq!(detail["listen"], again.https_addr.to_string());
+        assert_eq!(detail["limits"]["max_conferences"], 100);
+        let report = audit.verify().unwrap();
+        assert!(report.is_ok(), "{report:?}");
         again.shutdown().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -208,7 +208,10 @@ mod tests {
         for bad in ["", "12345", "1234567", "12345a", "１２３４５６", " "] {
             assert_eq!(verify(&secret, bad, t, 0), None, "{bad:?}");
         }
-        assert_eq!(verify(&secret, &format!(" {good} "), t, 0), Some(step_at(t)));
+        assert_eq!(
+            verify(&secret, &format!(" {good} "), t, 0),
+            Some(step_at(t))
+        );
         assert_eq!(verify("not base32!", &good, t, 0), None);
         assert_eq!(verify("", &good, t, 0), None);
         // Lower case and spaces, as typed from a printed secret, decode the same.

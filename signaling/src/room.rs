@@ -14,8 +14,8 @@
 //!   and re-offered after the answer, which is what keeps the two sides from offering at once.
 //!
 //! Access rules:
-//! - whoever the shell marks `must_wait` (every guest, and staff on a second device) waits
-//!   in the waiting room: they get [`ServerMessage::Waiting`] and nothing else (no roster,
+//! - every guest (by role), and anyone the shell marks `must_wait` (a link used from a
+//!   second device), waits in the waiting room: they get [`ServerMessage::Waiting`] and nothing else (no roster,
 //!   no media, no lobby) until someone with the admit right admits them;
 //! - every action is checked against [`crate::permissions::allowed`] for the actor's
 //!   current role.
@@ -643,9 +643,21 @@ impl Room {
                     .participants
                     .get(&id)
                     .is_some_and(|a| a.role == Role::Host);
-                let target_ok = self.participants.get(&participant_id).is_some_and(|t| {
-                    t.admitted && allowed(t.role, Action::ReceiveHost) && participant_id != id
-                });
+                let target = self
+                    .participants
+                    .get(&participant_id)
+                    .filter(|t| t.admitted && participant_id != id);
+                if actor_is_host && target.is_none() {
+                    error_to(
+                        out,
+                        &id,
+                        ErrorCode::UnknownParticipant,
+                        "nobody else with that id is present",
+                        false,
+                    );
+                    return;
+                }
+                let target_ok = target.is_some_and(|t| allowed(t.role, Action::ReceiveHost));
                 if !actor_is_host || !target_ok {
                     error_to(
                         out,
@@ -688,10 +700,26 @@ impl Room {
                 });
                 self.ended = true;
                 out.push(Output::Ended);
-                let everyone: Vec<ParticipantId> = self.participants.keys().cloned().collect();
-                for pid in everyone {
-                    self.remove(&pid, Some("ended"), out);
+                // Everyone goes at once: no roster, lobby or renegotiation for people who
+                // are about to be disconnected anyway.
+                for pid in std::mem::take(&mut self.participants).into_keys() {
+                    out.push(Output::Audit {
+                        actor: pid.clone(),
+                        action: "leave",
+                        subject: None,
+                    });
+                    out.push(Output::Send {
+                        to: pid.clone(),
+                        message: ServerMessage::Bye {
+                            reason: "ended".into(),
+                        },
+                    });
+                    out.push(Output::Close {
+                        participant: pid.clone(),
+                    });
+                    out.push(Output::Media(MediaCommand::Remove { participant: pid }));
                 }
+                out.push(Output::Empty);
             }
             ClientMessage::Join { .. } => {
                 error_to(out, &id, ErrorCode::OutOfOrder, "already joined", false);

@@ -35,7 +35,7 @@ use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use wardlink_signaling::protocol::{
-    ClientMessage, IceCandidate, RosterEntry, ServerMessage, TrackDescription,
+    ClientMessage, IceCandidate, RosterEntry, ServerMessage, TrackDescription, WaitingEntry,
 };
 use wardlink_signaling::{ErrorCode, MediaKind, PcKind};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -47,7 +47,10 @@ use webrtc::peer_connection::{
     RTCSessionDescription, SettingEngineBuilder,
 };
 
-use crate::signal_client::{Inbound, Joined, SignalClient, SignalSender, DEFAULT_WAIT};
+use crate::signal_client::{
+    joined_from, random_device, Inbound, JoinOutcome, Joined, SignalClient, SignalSender,
+    WaitingInfo, DEFAULT_WAIT,
+};
 use crate::synthetic::{build_payload, parse_marker, Marker};
 use crate::tls::TlsTrust;
 
@@ -79,6 +82,10 @@ pub struct ParticipantOptions {
     /// Trickle our ICE candidates with `ice_candidate` (as browsers do), including the
     /// end-of-candidates marker. Off: candidates only travel inside the SDP.
     pub trickle: bool,
+    /// Device secret sent with `join` (a browser keeps one per profile).
+    pub device: Option<String>,
+    /// Display name override sent with `join`.
+    pub display_name: Option<String>,
 }
 
 impl ParticipantOptions {
@@ -94,6 +101,8 @@ impl ParticipantOptions {
             video_len: 900,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             trickle: true,
+            device: Some(random_device()),
+            display_name: None,
         }
     }
 }
@@ -153,6 +162,14 @@ pub struct SubscribeOfferRecord {
 /// Everything a participant has observed so far.
 #[derive(Debug, Default)]
 pub struct Observed {
+    /// The `joined` message, once admitted.
+    pub joined: Option<Joined>,
+    /// The `waiting` message, if we were put in the waiting room.
+    pub waiting: Option<WaitingInfo>,
+    /// Latest waiting-room list (sent to those who may admit).
+    pub lobby: Vec<WaitingEntry>,
+    /// `muted_by` notices: (kind, by whom).
+    pub muted_by: Vec<(MediaKind, String)>,
     /// Received RTP per (publisher participant id, kind), in arrival order.
     pub received: HashMap<(String, MediaKind), Vec<ReceivedPacket>>,
     /// Keyframe requests received on our publish senders.
@@ -272,6 +289,7 @@ pub fn kind_name(kind: MediaKind) -> &'static str {
     match kind {
         MediaKind::Audio => "audio",
         MediaKind::Video => "video",
+        MediaKind::Screen => "screen",
     }
 }
 
@@ -282,6 +300,8 @@ pub struct SentLog {
     pub audio: Vec<Option<Bytes>>,
     /// Video payloads by seq.
     pub video: Vec<Option<Bytes>>,
+    /// Screen payloads by seq (this client never shares a screen, so always empty).
+    pub screen: Vec<Option<Bytes>>,
     /// Seqs of video payloads sent as keyframes, with when.
     pub keyframes: Vec<(u32, Instant)>,
 }
@@ -292,6 +312,15 @@ impl SentLog {
         match kind {
             MediaKind::Audio => &self.audio,
             MediaKind::Video => &self.video,
+            MediaKind::Screen => &self.screen,
+        }
+    }
+
+    fn of_mut(&mut self, kind: MediaKind) -> &mut Vec<Option<Bytes>> {
+        match kind {
+            MediaKind::Audio => &mut self.audio,
+            MediaKind::Video => &mut self.video,
+            MediaKind::Screen => &mut self.screen,
         }
     }
 
@@ -338,10 +367,7 @@ impl Shared {
     /// Allocates the next marker seq for `kind` and decides whether it is a keyframe.
     fn allocate(&self, kind: MediaKind, generation_first: bool) -> (u32, bool) {
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        let list = match kind {
-            MediaKind::Audio => &mut sent.audio,
-            MediaKind::Video => &mut sent.video,
-        };
+        let list = sent.of_mut(kind);
         let seq = list.len() as u32;
         list.push(None);
         let keyframe = kind == MediaKind::Video && {
@@ -356,10 +382,7 @@ impl Shared {
 
     fn record_sent(&self, kind: MediaKind, seq: u32, payload: Option<Bytes>, keyframe: bool) {
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        let list = match kind {
-            MediaKind::Audio => &mut sent.audio,
-            MediaKind::Video => &mut sent.video,
-        };
+        let list = sent.of_mut(kind);
         if let Some(slot) = list.get_mut(seq as usize) {
             *slot = payload;
         }
@@ -391,6 +414,7 @@ enum PcEvent {
 /// Commands from the test to the control task.
 enum Command {
     Leave,
+    Send(ClientMessage),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -654,15 +678,14 @@ struct Control {
     subscribe: Option<SubscribePc>,
     generation: u64,
     signal_open: bool,
+    admitted: bool,
+    id: String,
 }
 
 impl Control {
     async fn run(mut self) {
-        if self.shared.opts.publish {
-            if let Err(err) = self.start_publish().await {
-                self.shared
-                    .failure(format!("publish: start failed: {err:#}"));
-            }
+        if self.admitted {
+            self.on_admitted().await;
         }
         loop {
             tokio::select! {
@@ -677,6 +700,11 @@ impl Control {
                             self.shared.failure(format!("leave: {err}"));
                         }
                     }
+                    Some(Command::Send(msg)) => {
+                        if let Err(err) = self.signal.send(&msg) {
+                            self.shared.failure(format!("send: {err}"));
+                        }
+                    }
                     Some(Command::Shutdown(done)) => {
                         self.teardown_publish().await;
                         self.teardown_subscribe().await;
@@ -689,6 +717,16 @@ impl Control {
                         return;
                     }
                 },
+            }
+        }
+    }
+
+    /// In the conference: start publishing (if we publish at all).
+    async fn on_admitted(&mut self) {
+        if self.shared.opts.publish {
+            if let Err(err) = self.start_publish().await {
+                self.shared
+                    .failure(format!("publish: start failed: {err:#}"));
             }
         }
     }
@@ -758,8 +796,10 @@ impl Control {
             tasks: Vec::new(),
             media_started: false,
         });
-        self.signal
-            .send(&ClientMessage::PublishOffer { sdp: offer.sdp })?;
+        self.signal.send(&ClientMessage::PublishOffer {
+            sdp: offer.sdp,
+            screen_mid: None,
+        })?;
         self.shared
             .event(format!("publish: offer sent (gen {generation})"));
         if let Some(p) = self.publish.as_mut() {
@@ -945,9 +985,55 @@ impl Control {
                 o.bye = Some(reason);
             }),
             ServerMessage::Pong => {}
-            ServerMessage::Joined { .. } => self
-                .shared
-                .modify(|o| o.violations.push("second joined message".into())),
+            ServerMessage::Joined { .. } => {
+                let Some(joined) = joined_from(&msg) else {
+                    return;
+                };
+                if self.admitted {
+                    self.shared
+                        .modify(|o| o.violations.push("second joined message".into()));
+                    return;
+                }
+                if joined.participant_id != self.id {
+                    let text = format!(
+                        "joined as {} after waiting as {}",
+                        joined.participant_id, self.id
+                    );
+                    self.shared.modify(|o| o.violations.push(text));
+                }
+                self.admitted = true;
+                self.shared.modify(|o| {
+                    o.event("admitted: joined".into());
+                    o.roster = joined.roster.clone();
+                    o.joined = Some(joined);
+                });
+                self.on_admitted().await;
+            }
+            ServerMessage::Waiting {
+                participant_id,
+                room_title,
+                display_name,
+                role,
+            } => self.shared.modify(|o| {
+                o.event(format!("waiting as {participant_id}"));
+                o.waiting = Some(WaitingInfo {
+                    participant_id,
+                    room_title,
+                    display_name,
+                    role,
+                });
+            }),
+            ServerMessage::Lobby { waiting } => self.shared.modify(|o| {
+                o.event(format!(
+                    "lobby: {:?}",
+                    waiting.iter().map(|w| &w.id).collect::<Vec<_>>()
+                ));
+                o.lobby = waiting;
+            }),
+            ServerMessage::MutedBy { kind, by } => self.shared.modify(|o| {
+                o.event(format!("muted_by {by}: {}", kind_name(kind)));
+                o.muted_by.push((kind, by));
+            }),
         }
     }
 
@@ -1200,7 +1286,9 @@ async fn run_writer(
 ) {
     let (interval, ts_step, len) = match kind {
         MediaKind::Audio => (shared.opts.audio_interval, 960u32, shared.opts.audio_len),
-        MediaKind::Video => (shared.opts.video_interval, 2970u32, shared.opts.video_len),
+        MediaKind::Video | MediaKind::Screen => {
+            (shared.opts.video_interval, 2970u32, shared.opts.video_len)
+        }
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1287,8 +1375,7 @@ async fn run_feedback_listener(
 
 /// A joined conference participant.
 pub struct Participant {
-    /// The server's `joined` reply.
-    pub joined: Joined,
+    id: String,
     shared: Arc<Shared>,
     observed: watch::Receiver<Observed>,
     commands: mpsc::UnboundedSender<Command>,
@@ -1305,8 +1392,13 @@ impl Participant {
         opts: ParticipantOptions,
     ) -> anyhow::Result<Participant> {
         let mut client = SignalClient::connect(ws_url, tls).await?;
-        let joined = client
-            .join(token, DEFAULT_WAIT)
+        let outcome = client
+            .join_with(
+                token,
+                opts.display_name.clone(),
+                opts.device.clone(),
+                DEFAULT_WAIT,
+            )
             .await
             .with_context(|| format!("{} joining", opts.tag))?;
         // Anything that arrived alongside `joined` (roster, first subscribe offer) must reach
@@ -1325,10 +1417,26 @@ impl Participant {
             }
         });
 
-        let (observed_tx, observed_rx) = watch::channel(Observed {
-            roster: joined.roster.clone(),
-            ..Default::default()
-        });
+        let (id, admitted, initial) = match outcome {
+            JoinOutcome::Joined(joined) => (
+                joined.participant_id.clone(),
+                true,
+                Observed {
+                    roster: joined.roster.clone(),
+                    joined: Some(joined),
+                    ..Default::default()
+                },
+            ),
+            JoinOutcome::Waiting(waiting) => (
+                waiting.participant_id.clone(),
+                false,
+                Observed {
+                    waiting: Some(waiting),
+                    ..Default::default()
+                },
+            ),
+        };
+        let (observed_tx, observed_rx) = watch::channel(initial);
         let shared = Arc::new(Shared {
             opts,
             observed: observed_tx,
@@ -1349,10 +1457,12 @@ impl Participant {
             subscribe: None,
             generation: 0,
             signal_open: true,
+            admitted,
+            id: id.clone(),
         };
         let control = tokio::spawn(control.run());
         Ok(Participant {
-            joined,
+            id,
             shared,
             observed: observed_rx,
             commands: cmd_tx,
@@ -1361,9 +1471,47 @@ impl Participant {
         })
     }
 
-    /// Our participant id.
+    /// Our participant id (from `joined`, or from `waiting` while in the waiting room).
     pub fn id(&self) -> &str {
-        &self.joined.participant_id
+        &self.id
+    }
+
+    /// The `joined` message, once we are in the conference.
+    pub fn joined(&self) -> Option<Joined> {
+        self.observe(|o| o.joined.clone())
+    }
+
+    /// Whether we are (still) in the waiting room.
+    pub fn is_waiting(&self) -> bool {
+        self.observe(|o| o.joined.is_none() && o.waiting.is_some())
+    }
+
+    /// Waits until we are in the conference (admitted, or never had to wait).
+    pub async fn wait_joined(&self, timeout: Duration) -> anyhow::Result<Joined> {
+        self.wait_until(timeout, "joined (admitted)", |o| o.joined.is_some())
+            .await?;
+        self.joined().context("joined vanished")
+    }
+
+    /// Sends any protocol message on our signaling connection.
+    pub fn send(&self, msg: ClientMessage) -> anyhow::Result<()> {
+        self.commands
+            .send(Command::Send(msg))
+            .map_err(|_| anyhow!("{}: control loop has stopped", self.tag()))
+    }
+
+    /// Admits `guest` once it shows up in our waiting-room list, and waits until it has
+    /// joined. We must hold the admit right (host or staff).
+    pub async fn admit(&self, guest: &Participant, timeout: Duration) -> anyhow::Result<Joined> {
+        let guest_id = guest.id().to_owned();
+        self.wait_until(timeout, &format!("{} in our lobby", guest.tag()), |o| {
+            o.lobby.iter().any(|w| w.id == guest_id)
+        })
+        .await?;
+        self.send(ClientMessage::Admit {
+            participant_id: guest_id,
+        })?;
+        guest.wait_joined(timeout).await
     }
 
     /// Our payload tag.

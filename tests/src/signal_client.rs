@@ -54,6 +54,56 @@ pub struct Joined {
     pub roster: Vec<RosterEntry>,
 }
 
+/// Where a join landed.
+#[derive(Debug, Clone)]
+pub enum JoinOutcome {
+    /// In the conference.
+    Joined(Joined),
+    /// In the waiting room until someone admits us.
+    Waiting(WaitingInfo),
+}
+
+/// The server's `waiting` reply, unpacked.
+#[derive(Debug, Clone)]
+pub struct WaitingInfo {
+    /// Our participant id.
+    pub participant_id: String,
+    /// Conference title.
+    pub room_title: String,
+    /// Our display name.
+    pub display_name: String,
+    /// Our role.
+    pub role: Role,
+}
+
+/// Unpacks a `joined` message (None for any other message).
+pub fn joined_from(msg: &ServerMessage) -> Option<Joined> {
+    match msg {
+        ServerMessage::Joined {
+            participant_id,
+            room_id,
+            room_title,
+            role,
+            display_name,
+            roster,
+            ..
+        } => Some(Joined {
+            participant_id: participant_id.clone(),
+            room_id: room_id.clone(),
+            room_title: room_title.clone(),
+            role: *role,
+            display_name: display_name.clone(),
+            roster: roster.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// A fresh random device secret (what a browser keeps in local storage).
+pub fn random_device() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// Cloneable sending half of a signaling connection.
 #[derive(Clone)]
 pub struct SignalSender {
@@ -283,38 +333,56 @@ impl SignalClient {
     }
 
     /// Sends `join` with `token` and waits for `joined`. A server `error` fails the join
-    /// with its code in the message.
+    /// with its code in the message; so does being put in the waiting room (use
+    /// [`SignalClient::join_with`] for roles that wait).
     pub async fn join(&mut self, token: &str, timeout: Duration) -> anyhow::Result<Joined> {
+        match self
+            .join_with(token, None, Some(random_device()), timeout)
+            .await?
+        {
+            JoinOutcome::Joined(joined) => Ok(joined),
+            JoinOutcome::Waiting(w) => bail!(
+                "put in the waiting room as {} ({:?}) instead of joining",
+                w.participant_id,
+                w.role
+            ),
+        }
+    }
+
+    /// Sends `join` and waits for `joined` or `waiting`. `device` is the per-browser secret
+    /// an invitation gets bound to.
+    pub async fn join_with(
+        &mut self,
+        token: &str,
+        display_name: Option<String>,
+        device: Option<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<JoinOutcome> {
         self.send(&ClientMessage::Join {
             protocol: PROTOCOL_VERSION,
             token: token.to_owned(),
-            display_name: None,
+            display_name,
+            device,
         })?;
-        let result = self
-            .wait_for(timeout, "joined", |msg| match msg {
-                ServerMessage::Joined {
-                    participant_id,
-                    room_id,
-                    room_title,
-                    role,
-                    display_name,
-                    roster,
-                    ..
-                } => Some(Ok(Joined {
-                    participant_id: participant_id.clone(),
-                    room_id: room_id.clone(),
-                    room_title: room_title.clone(),
-                    role: *role,
-                    display_name: display_name.clone(),
-                    roster: roster.clone(),
-                })),
-                ServerMessage::Error { code, message, .. } => {
-                    Some(Err(anyhow!("join refused: {code}: {message}")))
-                }
-                _ => None,
-            })
-            .await?;
-        result
+        self.wait_for(timeout, "joined or waiting", |msg| match msg {
+            ServerMessage::Joined { .. } => joined_from(msg).map(|j| Ok(JoinOutcome::Joined(j))),
+            ServerMessage::Waiting {
+                participant_id,
+                room_title,
+                display_name,
+                role,
+            } => Some(Ok(JoinOutcome::Waiting(WaitingInfo {
+                participant_id: participant_id.clone(),
+                room_title: room_title.clone(),
+                display_name: display_name.clone(),
+                role: *role,
+            }))),
+            ServerMessage::Error { code, message, .. } => {
+                Some(Err(anyhow!("join refused: {code}: {message}")))
+            }
+            _ => None,
+        })
+        .await?
     }
 
     /// Splits into the sending handle and the raw inbox (for clients that run their own loop).

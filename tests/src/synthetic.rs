@@ -45,6 +45,7 @@ fn kind_byte(kind: MediaKind) -> u8 {
     match kind {
         MediaKind::Audio => b'A',
         MediaKind::Video => b'V',
+        MediaKind::Screen => b'S',
     }
 }
 
@@ -68,7 +69,7 @@ pub fn build_payload(tag: &str, kind: MediaKind, seq: u32, keyframe: bool, len: 
     let mut buf = BytesMut::with_capacity(len.max(64));
     match kind {
         MediaKind::Audio => buf.put_u8(OPUS_TOC),
-        MediaKind::Video => {
+        MediaKind::Video | MediaKind::Screen => {
             buf.put_u8(VP8_DESCRIPTOR_START);
             // The frame tag (bytes 1..4) is filled in once the length is known.
             buf.put_bytes(0, 3);
@@ -91,7 +92,7 @@ pub fn build_payload(tag: &str, kind: MediaKind, seq: u32, keyframe: bool, len: 
         buf.put_u8(filler_byte(h, seq, i));
         i += 1;
     }
-    if kind == MediaKind::Video {
+    if kind != MediaKind::Audio {
         // VP8 frame tag (RFC 6386 §9.1), little-endian 24 bits:
         // bit 0 = !keyframe, bits 1-3 = version 0, bit 4 = show_frame, bits 5-23 = first
         // partition size (here: the rest of the payload, clamped to 19 bits).
@@ -119,6 +120,7 @@ pub fn parse_marker(payload: &[u8]) -> Option<Marker> {
     let kind = match *rest.first()? {
         b'A' => MediaKind::Audio,
         b'V' => MediaKind::Video,
+        b'S' => MediaKind::Screen,
         _ => return None,
     };
     let seq = u32::from_be_bytes(rest.get(1..5)?.try_into().ok()?);

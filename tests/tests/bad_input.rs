@@ -52,6 +52,7 @@ async fn expect_refused_join(
         protocol: PROTOCOL_VERSION,
         token: token.to_owned(),
         display_name: None,
+        device: None,
     })?;
     let (got, message, fatal) = client
         .wait_for(WAIT, &format!("{what}: error {code}"), |m| match m {
@@ -109,6 +110,10 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         ParticipantOptions::publisher("caremgr"),
     )
     .await?;
+    nurse
+        .admit(&caremgr, WAIT)
+        .await
+        .context("nurse admits the care manager")?;
     let pair = [&nurse, &caremgr];
     let flowing = |stage: &'static str| {
         let baseline: Vec<_> = pair
@@ -158,12 +163,14 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
     expect_code(&mut raw, ErrorCode::UnknownType, "bad enum value").await?;
     let huge = serde_json::to_string(&ClientMessage::PublishOffer {
         sdp: format!("v=0\r\n{}", "a=x\r\n".repeat(MAX_MESSAGE_BYTES / 5 + 100)),
+        screen_mid: None,
     })?;
     ensure!(huge.len() > MAX_MESSAGE_BYTES);
     raw.send_text(huge)?;
     expect_code(&mut raw, ErrorCode::MessageTooLarge, "message over 64 KiB").await?;
     raw.send(&ClientMessage::PublishOffer {
         sdp: "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n".into(),
+        screen_mid: None,
     })?;
     expect_code(&mut raw, ErrorCode::OutOfOrder, "publish_offer before join").await?;
     raw.send(&ClientMessage::SubscribeAnswer {
@@ -220,9 +227,10 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
 
     // --- After join: a participant that misbehaves (joined with a valid family link).
     let during_joined = flowing("during joined attacks");
+    // Hospital staff enter without the waiting room, so the rogue reaches the room state.
     let mut rogue = SignalClient::connect(&server.ws_url, &server.tls).await?;
     let joined = rogue
-        .join(&server.mint_token(&links, Role::Family, "家族"), WAIT)
+        .join(&server.mint_token(&links, Role::Staff, "不正な職員"), WAIT)
         .await
         .context("rogue client joins with a valid token")?;
     // The room publishes, so the server offers a subscription; never answer it properly.
@@ -244,6 +252,7 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
     .await?;
     rogue.send(&ClientMessage::PublishOffer {
         sdp: "hello, I am definitely an SDP offer".into(),
+        screen_mid: None,
     })?;
     expect_code(
         &mut rogue,
@@ -253,6 +262,7 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
     .await?;
     rogue.send(&ClientMessage::PublishOffer {
         sdp: SDP_SHAPED_GARBAGE.into(),
+        screen_mid: None,
     })?;
     expect_code(
         &mut rogue,
@@ -288,6 +298,7 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         protocol: PROTOCOL_VERSION,
         token: genuine.clone(),
         display_name: None,
+        device: None,
     })?;
     expect_code(&mut rogue, ErrorCode::OutOfOrder, "second join").await?;
     rogue.send(&ClientMessage::Leave)?;
@@ -315,6 +326,10 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
     )
     .await
     .context("a new participant joins after the attacks")?;
+    nurse
+        .admit(&surveyor, WAIT)
+        .await
+        .context("nurse admits the surveyor")?;
     let everyone = [&nurse, &caremgr, &surveyor];
     for p in everyone {
         let others: Vec<(String, String)> = everyone

@@ -44,7 +44,8 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let links = server.create_room("退院前カンファレンス E2E")?;
 
-    let mut people = Vec::new();
+    // The ward nurse (host) enters directly; the guests wait until she admits them.
+    let mut people: Vec<Participant> = Vec::new();
     for (role, tag) in [
         (Role::Host, "nurse"),
         (Role::CareManager, "caremgr"),
@@ -54,10 +55,28 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
         let p = Participant::join(&server.ws_url, &server.tls, &token, options(tag))
             .await
             .with_context(|| format!("{tag} joins"))?;
+        let joined = if role == Role::Host {
+            ensure!(!p.is_waiting(), "the host was put in the waiting room");
+            p.joined().context("host has no joined message")?
+        } else {
+            ensure!(p.is_waiting(), "guest {tag} skipped the waiting room");
+            p.observe(|o| {
+                ensure!(
+                    o.roster.is_empty() && o.subscribe_offers.is_empty(),
+                    "{tag} in the waiting room already sees the conference: {}",
+                    o.summary()
+                );
+                Ok(())
+            })?;
+            people[0]
+                .admit(&p, Duration::from_secs(10))
+                .await
+                .with_context(|| format!("nurse admits {tag}"))?
+        };
         ensure!(
-            p.joined.role == role,
+            joined.role == role,
             "{tag} joined as {:?}, expected {role:?}",
-            p.joined.role
+            joined.role
         );
         people.push(p);
     }

@@ -105,8 +105,6 @@ enum Side {
         tracks: HashMap<String, InboundTrack>,
         /// The media section the client declared as its screen share.
         screen_mid: Option<String>,
-        /// Kinds not forwarded because someone with the right muted them.
-        suppressed: [bool; KINDS],
     },
     Subscriber {
         /// Publisher participant → [audio, video, screen] legs.
@@ -136,6 +134,9 @@ struct Attachment {
     events: UnboundedSender<MediaEvent>,
     publish: Option<PeerId>,
     subscribe: Option<PeerId>,
+    /// Kinds not forwarded because someone with the right muted them. Kept per
+    /// participant, not per connection, so a republish cannot shake the mute off.
+    suppressed: [bool; KINDS],
 }
 
 /// Number of track kinds a participant can publish (audio, video, screen).
@@ -204,6 +205,7 @@ impl Sfu {
                 events,
                 publish: None,
                 subscribe: None,
+                suppressed: [false; KINDS],
             },
         );
     }
@@ -221,13 +223,8 @@ impl Sfu {
                 kind,
                 suppressed,
             } => {
-                let pid = self.attachments.get(&participant).and_then(|a| a.publish);
-                if let Some(Peer {
-                    side: Side::Publisher { suppressed: s, .. },
-                    ..
-                }) = pid.and_then(|id| self.peers.get_mut(&id))
-                {
-                    s[kind_index(kind)] = suppressed;
+                if let Some(a) = self.attachments.get_mut(&participant) {
+                    a.suppressed[kind_index(kind)] = suppressed;
                 }
             }
             MediaCommand::Unpublish { participant } => {
@@ -453,7 +450,6 @@ impl Sfu {
                         Side::Publisher {
                             tracks: HashMap::new(),
                             screen_mid: None,
-                            suppressed: [false; KINDS],
                         },
                     );
                     if let Some(a) = self.attachments.get_mut(&participant) {
@@ -955,9 +951,7 @@ impl Sfu {
     ) {
         let kind = {
             let Some(Peer {
-                side: Side::Publisher {
-                    tracks, suppressed, ..
-                },
+                side: Side::Publisher { tracks, .. },
                 ..
             }) = self.peers.get_mut(&from)
             else {
@@ -966,16 +960,21 @@ impl Sfu {
             let Some(track) = tracks.get_mut(track_id) else {
                 return;
             };
-            // Muted by someone with the right: not forwarded until the owner unmutes.
-            if suppressed[kind_index(track.kind)] {
-                return;
-            }
+
             if !track.dedup.insert(packet.header.sequence_number) {
                 self.stats.duplicates += 1;
                 return;
             }
             track.kind
         };
+        // Muted by someone with the right: not forwarded until the owner unmutes.
+        if self
+            .attachments
+            .get(publisher)
+            .is_some_and(|a| a.suppressed[kind_index(kind)])
+        {
+            return;
+        }
         let Some(subscribers) = self
             .routes
             .get(publisher)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::protocol::{IceCandidate, MAX_MESSAGE_BYTES};
 
-use MediaKind::{Audio, Video};
+use MediaKind::{Audio, Screen, Video};
 
 /// Passes the room's structural check (`v=0` first, at least one media section).
 const OFFER_SDP: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
@@ -1527,6 +1527,733 @@ fn subscribe_negotiation_failure_reports_reconnects_and_reoffers() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Waiting room, roles and host controls.
+// ---------------------------------------------------------------------------------------
+
+/// The three guest roles, each with the id the fixtures give it.
+const GUESTS: [(&str, Role); 3] = [
+    ("cm", Role::CareManager),
+    ("sv", Role::Surveyor),
+    ("f", Role::Family),
+];
+
+fn admit(id: &str) -> ClientMessage {
+    ClientMessage::Admit {
+        participant_id: id.into(),
+    }
+}
+
+fn deny(id: &str) -> ClientMessage {
+    ClientMessage::Deny {
+        participant_id: id.into(),
+    }
+}
+
+fn remove(id: &str) -> ClientMessage {
+    ClientMessage::Remove {
+        participant_id: id.into(),
+    }
+}
+
+fn mute_participant(id: &str, kind: MediaKind) -> ClientMessage {
+    ClientMessage::MuteParticipant {
+        participant_id: id.into(),
+        kind,
+    }
+}
+
+fn transfer_host(id: &str) -> ClientMessage {
+    ClientMessage::TransferHost {
+        participant_id: id.into(),
+    }
+}
+
+fn screen_offer() -> ClientMessage {
+    ClientMessage::PublishOffer {
+        sdp: OFFER_SDP.into(),
+        screen_mid: Some("2".into()),
+    }
+}
+
+fn bye(reason: &str) -> ServerMessage {
+    ServerMessage::Bye {
+        reason: reason.into(),
+    }
+}
+
+/// Host `h` and staff `s` present; `h` publishes audio and video.
+fn hospital_side() -> Harness {
+    let mut h = Harness::new();
+    h.enter("h", Role::Host);
+    h.enter("s", Role::Staff);
+    h.publish_settled("h", &[Audio, Video]);
+    h
+}
+
+/// [`hospital_side`] plus every guest of [`GUESTS`], each admitted by the host.
+fn full_conference() -> Harness {
+    let mut h = hospital_side();
+    for (id, role) in GUESTS {
+        h.wait(id, role);
+        h.admit_settled("h", id);
+    }
+    h
+}
+
+#[test]
+fn a_waiting_guest_gets_only_waiting_and_only_those_who_may_admit_get_the_lobby() {
+    let mut h = hospital_side();
+    h.wait("f", Role::Family);
+    h.admit_settled("h", "f");
+
+    let out = h.feed(join_input(
+        "cm",
+        "ケアマネジャー 佐藤",
+        Role::CareManager,
+        true,
+        false,
+    ));
+    assert_eq!(
+        messages_to(&out, "cm"),
+        [ServerMessage::Waiting {
+            participant_id: "cm".into(),
+            room_title: ROOM_TITLE.into(),
+            display_name: "ケアマネジャー 佐藤".into(),
+            role: Role::CareManager,
+        }],
+        "no roster, no lobby, no media for someone waiting"
+    );
+    let expected = vec![WaitingEntry {
+        id: "cm".into(),
+        display_name: "ケアマネジャー 佐藤".into(),
+        role: Role::CareManager,
+        invitation: invitation_of("cm"),
+        second_device: false,
+    }];
+    for admitter in ["h", "s"] {
+        assert_eq!(
+            messages_to(&out, admitter),
+            [ServerMessage::Lobby {
+                waiting: expected.clone()
+            }],
+            "the roster does not change while someone waits"
+        );
+    }
+    assert!(
+        messages_to(&out, "f").is_empty(),
+        "guests are not told about the waiting room: {out:?}"
+    );
+    assert!(
+        media_commands(&out).is_empty(),
+        "h publishes, yet nothing is subscribed for cm: {out:?}"
+    );
+    assert!(h.room.contains("cm"));
+    assert_eq!(ids(&h.room.roster()), ["h", "s", "f"]);
+}
+
+#[test]
+fn every_guest_role_waits_even_when_the_shell_does_not_ask() {
+    for (id, role) in GUESTS {
+        let mut h = hospital_side();
+        let out = h.join_as(id, &name_of(id), role);
+        assert!(
+            matches!(
+                messages_to(&out, id)[..],
+                [ServerMessage::Waiting { role: r, .. }] if r == role
+            ),
+            "{role} entered without admission: {out:?}"
+        );
+        assert_eq!(waiting_ids(&lobby_to(&out, "h")), [id]);
+        assert_eq!(ids(&h.room.roster()), ["h", "s"]);
+    }
+}
+
+#[test]
+fn a_waiting_participant_may_only_ping_and_leave() {
+    let mut h = hospital_side();
+    h.wait("cm", Role::CareManager);
+    h.wait("f", Role::Family);
+    for message in [
+        publish_offer(),
+        screen_offer(),
+        ClientMessage::Unpublish,
+        ClientMessage::SubscribeAnswer {
+            sdp: ANSWER_SDP.into(),
+            revision: 1,
+        },
+        ice(PcKind::Publish, ""),
+        mute(Audio, true),
+        admit("f"),
+        deny("f"),
+        remove("s"),
+        mute_participant("h", Audio),
+        transfer_host("s"),
+        ClientMessage::EndConference,
+        ClientMessage::Join {
+            protocol: PROTOCOL_VERSION,
+            token: "whatever".into(),
+            display_name: None,
+            device: None,
+        },
+    ] {
+        assert_refused(&mut h, "cm", message, ErrorCode::Forbidden);
+    }
+
+    assert_eq!(
+        h.send("cm", ClientMessage::Ping),
+        vec![Output::Send {
+            to: "cm".into(),
+            message: ServerMessage::Pong
+        }]
+    );
+
+    let out = h.send("cm", ClientMessage::Leave);
+    assert_eq!(
+        out[..2],
+        [
+            Output::Send {
+                to: "cm".into(),
+                message: bye("left"),
+            },
+            Output::Close {
+                participant: "cm".into()
+            },
+        ]
+    );
+    for admitter in ["h", "s"] {
+        assert_eq!(
+            messages_to(&out, admitter),
+            [ServerMessage::Lobby {
+                waiting: h.room.waiting_entries()
+            }],
+            "a lobby update and no roster: {out:?}"
+        );
+    }
+    assert_eq!(waiting_ids(&h.room.waiting_entries()), ["f"]);
+    assert!(messages_to(&out, "f").is_empty());
+    assert!(!h.room.contains("cm"));
+}
+
+#[test]
+fn a_waiting_participant_who_disconnects_leaves_the_lobby() {
+    let mut h = hospital_side();
+    h.wait("cm", Role::CareManager);
+    let out = h.disconnect("cm");
+    assert!(messages_to(&out, "cm").is_empty());
+    assert!(closes(&out).is_empty(), "the socket is already gone");
+    for admitter in ["h", "s"] {
+        assert_eq!(lobby_to(&out, admitter), []);
+    }
+    assert_eq!(recipients(&out), ["h", "s"], "no roster change: {out:?}");
+    assert!(!h.room.contains("cm"));
+}
+
+#[test]
+fn admitting_a_guest_brings_them_in_with_the_roster_and_the_published_media() {
+    let mut h = hospital_side();
+    h.wait("cm", Role::CareManager);
+    h.wait("f", Role::Family);
+    let out = h.send("h", admit("cm"));
+
+    let to_cm = messages_to(&out, "cm");
+    assert_eq!(to_cm.len(), 1, "joined only: guests get no lobby: {out:?}");
+    let ServerMessage::Joined {
+        participant_id,
+        role,
+        display_name,
+        roster,
+        ..
+    } = &to_cm[0]
+    else {
+        panic!("expected joined: {out:?}");
+    };
+    assert_eq!(
+        (participant_id.as_str(), *role, display_name.clone()),
+        ("cm", Role::CareManager, name_of("cm"))
+    );
+    assert_eq!(ids(roster), ["h", "s", "cm"]);
+    for admitter in ["h", "s"] {
+        assert_eq!(&roster_to(&out, admitter), roster);
+        assert_eq!(waiting_ids(&lobby_to(&out, admitter)), ["f"]);
+    }
+    assert!(messages_to(&out, "f").is_empty(), "still waiting: {out:?}");
+    assert_eq!(
+        subscribes(&out),
+        BTreeMap::from([(
+            "cm".to_string(),
+            (1, vec![track("h", Audio), track("h", Video)])
+        )]),
+        "only the newcomer needs an offer: {out:?}"
+    );
+    assert_eq!(h.room.roster(), *roster);
+}
+
+#[test]
+fn denying_says_bye_and_closes_without_touching_the_roster() {
+    let mut h = hospital_side();
+    h.wait("cm", Role::CareManager);
+    let roster = h.room.roster();
+    let out = h.send("s", deny("cm"));
+    assert_eq!(messages_to(&out, "cm"), [bye("denied")]);
+    assert_eq!(closes(&out), ["cm"]);
+    for admitter in ["h", "s"] {
+        assert_eq!(
+            messages_to(&out, admitter),
+            [ServerMessage::Lobby { waiting: vec![] }],
+            "no roster: {out:?}"
+        );
+    }
+    assert!(subscribes(&out).is_empty());
+    assert_eq!(h.room.roster(), roster);
+    assert!(!h.room.contains("cm"));
+    assert_refused(&mut h, "h", admit("cm"), ErrorCode::UnknownParticipant);
+}
+
+#[test]
+fn guests_may_not_admit_deny_remove_mute_others_end_or_transfer_host() {
+    for (guest, role) in GUESTS {
+        let mut h = full_conference();
+        h.wait("w", Role::Family);
+        for message in [
+            admit("w"),
+            deny("w"),
+            remove("s"),
+            ClientMessage::EndConference,
+            mute_participant("h", Audio),
+            mute_participant("s", Screen),
+            transfer_host("s"),
+            transfer_host(guest),
+        ] {
+            assert_refused(&mut h, guest, message, ErrorCode::Forbidden);
+        }
+        assert!(h.room.contains("w"), "{role}");
+    }
+}
+
+#[test]
+fn staff_admit_and_mute_but_do_not_remove_end_or_transfer_host() {
+    let mut h = full_conference();
+    h.wait("w", Role::Family);
+    h.admit_settled("s", "w");
+    let out = h.send("s", mute_participant("f", Audio));
+    assert_eq!(
+        messages_to(&out, "f")[0],
+        ServerMessage::MutedBy {
+            kind: Audio,
+            by: "s".into()
+        }
+    );
+    for message in [
+        remove("f"),
+        ClientMessage::EndConference,
+        transfer_host("h"),
+    ] {
+        assert_refused(&mut h, "s", message, ErrorCode::Forbidden);
+    }
+}
+
+#[test]
+fn family_may_not_share_a_screen_and_every_other_role_may() {
+    let mut h = full_conference();
+    assert_refused(&mut h, "f", screen_offer(), ErrorCode::Forbidden);
+    assert_eq!(
+        h.send("f", publish_offer()),
+        vec![Output::Media(MediaCommand::Publish {
+            participant: "f".into(),
+            sdp: OFFER_SDP.into(),
+            screen_mid: None,
+        })],
+        "the refused screen left no offer pending"
+    );
+    for id in ["h", "s", "cm", "sv"] {
+        assert_eq!(
+            h.send(id, screen_offer()),
+            vec![Output::Media(MediaCommand::Publish {
+                participant: id.into(),
+                sdp: OFFER_SDP.into(),
+                screen_mid: Some("2".into()),
+            })],
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn muting_someone_else_suppresses_the_track_until_they_unmute_themselves() {
+    let mut h = full_conference();
+    h.publish_settled("cm", &[Audio, Video]);
+
+    let out = h.send("h", mute_participant("cm", Audio));
+    assert_eq!(
+        media_commands(&out),
+        [MediaCommand::Suppress {
+            participant: "cm".into(),
+            kind: Audio,
+            suppressed: true,
+        }]
+    );
+    assert_eq!(
+        messages_to(&out, "cm")[0],
+        ServerMessage::MutedBy {
+            kind: Audio,
+            by: "h".into()
+        }
+    );
+    for id in ["h", "s", "cm", "sv", "f"] {
+        let roster = roster_to(&out, id);
+        assert!(entry(&roster, "cm").audio_muted, "{id}");
+        assert!(!entry(&roster, "cm").video_muted, "{id}");
+    }
+
+    // The client acknowledging the mute changes nothing; muting video itself is only a flag.
+    assert_eq!(h.send("cm", mute(Audio, true)), vec![]);
+    assert!(media_commands(&h.send("cm", mute(Video, true))).is_empty());
+    assert!(media_commands(&h.send("cm", mute(Video, false))).is_empty());
+
+    let out = h.send("cm", mute(Audio, false));
+    assert_eq!(
+        media_commands(&out),
+        [MediaCommand::Suppress {
+            participant: "cm".into(),
+            kind: Audio,
+            suppressed: false,
+        }]
+    );
+    assert!(!entry(&roster_to(&out, "h"), "cm").audio_muted);
+
+    // Lifted: a later mute and unmute of its own is a roster change only.
+    h.send("cm", mute(Audio, true));
+    assert!(media_commands(&h.send("cm", mute(Audio, false))).is_empty());
+}
+
+#[test]
+fn a_screen_share_can_be_muted_by_others_too() {
+    let mut h = full_conference();
+    let out = h.send("s", mute_participant("sv", Screen));
+    assert_eq!(
+        media_commands(&out),
+        [MediaCommand::Suppress {
+            participant: "sv".into(),
+            kind: Screen,
+            suppressed: true,
+        }]
+    );
+    assert_eq!(
+        messages_to(&out, "sv")[0],
+        ServerMessage::MutedBy {
+            kind: Screen,
+            by: "s".into()
+        }
+    );
+    let out = h.send("sv", mute(Screen, false));
+    assert!(media_commands(&out).contains(&MediaCommand::Suppress {
+        participant: "sv".into(),
+        kind: Screen,
+        suppressed: false,
+    }));
+}
+
+#[test]
+fn host_rights_pass_only_to_staff_who_are_present_and_the_roles_swap() {
+    let mut h = full_conference();
+    h.feed(join_input("s2", &name_of("s2"), Role::Staff, true, true));
+    // Guests can never receive host rights.
+    for target in ["cm", "sv", "f"] {
+        assert_refused(&mut h, "h", transfer_host(target), ErrorCode::Forbidden);
+    }
+    // Yourself, someone still waiting, or nobody: there is no such participant to pass to.
+    for target in ["h", "s2", "nobody"] {
+        assert_refused(&mut h, "h", transfer_host(target), ErrorCode::UnknownParticipant);
+    }
+
+    let out = h.send("h", transfer_host("s"));
+    for id in ["h", "s", "cm", "sv", "f"] {
+        let roster = roster_to(&out, id);
+        assert_eq!(entry(&roster, "h").role, Role::Staff, "{id}");
+        assert_eq!(entry(&roster, "s").role, Role::Host, "{id}");
+    }
+    assert!(messages_to(&out, "s2").is_empty(), "still waiting");
+
+    // The new roles apply at once.
+    assert_refused(&mut h, "h", remove("f"), ErrorCode::Forbidden);
+    assert_refused(&mut h, "h", transfer_host("s"), ErrorCode::Forbidden);
+    let out = h.send("s", remove("f"));
+    assert_eq!(messages_to(&out, "f"), [bye("removed")]);
+}
+
+#[test]
+fn the_host_removes_a_participant_with_bye_removed() {
+    let mut h = full_conference();
+    h.publish_settled("f", &[Audio]);
+    let out = h.send("h", remove("f"));
+    assert_eq!(messages_to(&out, "f"), [bye("removed")]);
+    assert_eq!(closes(&out), ["f"]);
+    assert!(media_commands(&out).contains(&MediaCommand::Remove {
+        participant: "f".into()
+    }));
+    for id in ["h", "s", "cm", "sv"] {
+        assert_eq!(ids(&roster_to(&out, id)), ["h", "s", "cm", "sv"]);
+    }
+    assert_eq!(
+        subscribes(&out).keys().collect::<Vec<_>>(),
+        ["cm", "h", "s", "sv"],
+        "everyone loses f's audio: {out:?}"
+    );
+    assert!(!h.room.contains("f"));
+}
+
+#[test]
+fn ending_the_conference_says_bye_to_everyone_and_refuses_later_joins() {
+    let mut h = full_conference();
+    h.wait("w", Role::Family);
+    let out = h.send("h", ClientMessage::EndConference);
+
+    let ended_at = out.iter().position(|o| *o == Output::Ended);
+    let first_bye = out.iter().position(|o| {
+        matches!(
+            o,
+            Output::Send {
+                message: ServerMessage::Bye { .. },
+                ..
+            }
+        )
+    });
+    assert!(
+        ended_at.is_some() && ended_at < first_bye,
+        "the shell hears of the end first: {out:?}"
+    );
+    let everyone = ["cm", "f", "h", "s", "sv", "w"];
+    for id in everyone {
+        assert_eq!(
+            messages_to(&out, id).last(),
+            Some(&bye("ended")),
+            "bye is the last thing {id} gets: {out:?}"
+        );
+    }
+    let mut closed = closes(&out);
+    closed.sort();
+    assert_eq!(closed, everyone);
+    assert_eq!(out.last(), Some(&Output::Empty));
+    assert!(h.room.is_ended());
+    assert!(h.room.is_empty());
+
+    for (id, role) in [("late-host", Role::Host), ("late-guest", Role::Family)] {
+        let out = h.join_as(id, &name_of(id), role);
+        assert_error(&out, id, ErrorCode::ConferenceEnded, true);
+    }
+    assert!(h.room.is_empty());
+}
+
+#[test]
+fn admit_and_deny_name_someone_waiting_other_controls_someone_else_present() {
+    let mut h = full_conference();
+    h.wait("w", Role::Family);
+    for message in [
+        admit("nobody"),
+        admit("s"),
+        admit("cm"),
+        admit("h"),
+        deny("nobody"),
+        deny("cm"),
+        deny("h"),
+        remove("nobody"),
+        remove("w"),
+        remove("h"),
+        mute_participant("nobody", Video),
+        mute_participant("w", Audio),
+        mute_participant("h", Audio),
+    ] {
+        assert_refused(&mut h, "h", message, ErrorCode::UnknownParticipant);
+    }
+}
+
+#[test]
+fn the_lobby_is_in_arrival_order_and_waiting_people_count_toward_the_limit() {
+    let mut h = Harness::with_limit(4);
+    h.enter("h", Role::Host);
+    h.wait("w-z", Role::Family);
+    h.wait("w-a", Role::Surveyor);
+    let out = h.join_as("s", &name_of("s"), Role::Staff);
+    assert_joined(&out, "s");
+    assert_eq!(
+        waiting_ids(&lobby_to(&out, "s")),
+        ["w-z", "w-a"],
+        "staff see the waiting room on entering"
+    );
+    assert_error(
+        &h.wait("w-late", Role::CareManager),
+        "w-late",
+        ErrorCode::RoomFull,
+        true,
+    );
+}
+
+#[test]
+fn staff_and_hosts_on_a_second_device_wait_too() {
+    for role in [Role::Staff, Role::Host] {
+        let mut h = hospital_side();
+        h.wait("cm", Role::CareManager);
+        let out = h.feed(join_input("tablet", "病棟看護師", role, true, true));
+        assert!(
+            matches!(
+                messages_to(&out, "tablet")[..],
+                [ServerMessage::Waiting { role: r, .. }] if r == role
+            ),
+            "{role}: {out:?}"
+        );
+        let lobby = lobby_to(&out, "h");
+        assert_eq!(
+            lobby[1],
+            WaitingEntry {
+                id: "tablet".into(),
+                display_name: "病棟看護師".into(),
+                role,
+                invitation: invitation_of("tablet"),
+                second_device: true,
+            }
+        );
+        assert!(!lobby[0].second_device);
+        assert_eq!(ids(&h.room.roster()), ["h", "s"]);
+
+        // Once admitted they may admit: they see the lobby and use it.
+        let out = h.send("s", admit("tablet"));
+        assert_joined(&out, "tablet");
+        let seen = lobbies_to(&out, "tablet");
+        assert!(!seen.is_empty(), "{out:?}");
+        for lobby in &seen {
+            assert_eq!(waiting_ids(lobby), ["cm"]);
+        }
+        assert_joined(&h.send("tablet", admit("cm")), "cm");
+    }
+}
+
+#[test]
+fn a_waiting_participant_never_appears_in_any_roster_or_receives_anything() {
+    let mut h = Harness::new();
+    let mut all = h.join_as("h", &name_of("h"), Role::Host);
+    all.extend(h.wait("w", Role::Family));
+    all.extend(h.join_as("s", &name_of("s"), Role::Staff));
+    all.extend(h.track_published("h", Audio));
+    all.extend(h.send("s", mute(Video, true)));
+    all.extend(h.wait("cm", Role::CareManager));
+    all.extend(h.send("h", admit("cm")));
+    all.extend(h.send("h", mute_participant("cm", Audio)));
+    all.extend(h.send("h", transfer_host("s")));
+    all.extend(h.disconnect("h"));
+
+    let rosters = all_rosters(&all);
+    assert!(rosters.len() >= 8, "{all:?}");
+    for roster in rosters {
+        assert!(!ids(&roster).contains(&"w"), "{roster:?}");
+    }
+    assert!(matches!(
+        messages_to(&all, "w")[..],
+        [ServerMessage::Waiting { .. }]
+    ));
+    assert!(
+        !media_commands(&all).iter().any(|c| matches!(
+            c,
+            MediaCommand::Subscribe { participant, .. } if participant == "w"
+        )),
+        "{all:?}"
+    );
+    assert!(h.room.contains("w"));
+    assert_eq!(ids(&h.room.roster()), ["s", "cm"]);
+}
+
+#[test]
+fn media_published_while_a_guest_waits_reaches_them_once_admitted() {
+    let mut h = Harness::new();
+    h.enter("h", Role::Host);
+    h.enter("s", Role::Staff);
+    h.wait("cm", Role::CareManager);
+
+    let out = h.track_published("h", Audio);
+    assert_eq!(subscribes(&out).keys().collect::<Vec<_>>(), ["s"]);
+    assert!(messages_to(&out, "cm").is_empty(), "{out:?}");
+    h.settle(out);
+
+    let out = h.send("h", admit("cm"));
+    assert_eq!(
+        subscribes(&out),
+        BTreeMap::from([("cm".to_string(), (1, vec![track("h", Audio)]))])
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit records (`feed_all` keeps them).
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn joining_and_waiting_are_audited() {
+    let mut h = Harness::new();
+    for (id, role, must_wait, second_device, action) in [
+        ("h", Role::Host, false, false, "join"),
+        ("s", Role::Staff, false, false, "join"),
+        ("cm", Role::CareManager, true, false, "waiting"),
+        ("f", Role::Family, false, false, "waiting"),
+        ("s2", Role::Staff, true, true, "waiting"),
+    ] {
+        let out = h.feed_all(join_input(id, &name_of(id), role, must_wait, second_device));
+        assert_eq!(audits(&out), [audit(id, action, None)], "{out:?}");
+    }
+}
+
+#[test]
+fn host_controls_and_departures_are_audited_with_actor_and_subject() {
+    let mut h = full_conference();
+    h.wait("w1", Role::Family);
+    h.wait("w2", Role::Surveyor);
+    let steps = [
+        ("s", admit("w1"), vec![audit("s", "admit", Some("w1"))]),
+        (
+            "h",
+            deny("w2"),
+            vec![audit("h", "deny", Some("w2")), audit("w2", "leave", None)],
+        ),
+        (
+            "h",
+            remove("w1"),
+            vec![audit("h", "remove", Some("w1")), audit("w1", "leave", None)],
+        ),
+        ("sv", ClientMessage::Leave, vec![audit("sv", "leave", None)]),
+        (
+            "s",
+            mute_participant("cm", Audio),
+            vec![audit("s", "mute_others", Some("cm"))],
+        ),
+        (
+            "h",
+            transfer_host("s"),
+            vec![audit("h", "role_changed", Some("s"))],
+        ),
+        // Refused actions leave no record.
+        ("h", ClientMessage::EndConference, vec![]),
+        ("cm", remove("f"), vec![]),
+    ];
+    for (actor, message, expected) in steps {
+        let out = h.feed_all(client_input(actor, message.clone()));
+        assert_eq!(audits(&out), expected, "{actor}: {message:?}");
+    }
+
+    let out = h.feed_all(Input::Disconnected {
+        participant: "f".into(),
+    });
+    assert_eq!(audits(&out), [audit("f", "leave", None)]);
+
+    let out = h.feed_all(client_input("s", ClientMessage::EndConference));
+    let records = audits(&out);
+    assert_eq!(records[0], audit("s", "conference_ended", None));
+    let mut leaves = records[1..].to_vec();
+    leaves.sort();
+    assert_eq!(
+        leaves,
+        ["cm", "h", "s"].map(|id| audit(id, "leave", None)),
+        "everyone still present leaves"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Wire format: the types against PROTOCOL.md.
 // ---------------------------------------------------------------------------------------
 
@@ -1751,6 +2478,15 @@ fn roles_serialize_as_their_wire_names_and_are_documented() {
 }
 
 #[test]
+fn protocol_md_shows_the_permission_matrix_exactly() {
+    let table = crate::permissions::markdown_table();
+    assert!(
+        PROTOCOL_MD.contains(&table),
+        "PROTOCOL.md must contain permissions::markdown_table() verbatim:\n{table}"
+    );
+}
+
+#[test]
 fn the_documented_limits_match_the_code() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(MAX_MESSAGE_BYTES, 65_536);
@@ -1774,11 +2510,16 @@ fn join_is_exactly_as_documented() {
             device: None,
         }
     );
-    // An absent display name is omitted, not sent as null.
+    // An absent display name or device is omitted, not sent as null.
     assert_eq!(
         serde_json::to_string(&message).ok().as_deref(),
         Some(r#"{"type":"join","protocol":1,"token":"eyJ2IjoxfQ.c2ln"}"#)
     );
+    let with_device: ClientMessage = serde_json::from_str(
+        r#"{"type":"join","protocol":1,"token":"eyJ2IjoxfQ.c2ln","device":null}"#,
+    )
+    .expect("a null device is accepted");
+    assert_eq!(with_device, message);
 }
 
 #[test]
@@ -1862,6 +2603,10 @@ fn every_server_message_the_room_produces_serializes_with_its_tag() {
     outputs.extend(reset);
     outputs.extend(h.offer_ready("c", revision, &tracks));
     outputs.extend(h.send("c", ClientMessage::Leave));
+    let mut g = hospital_side();
+    outputs.extend(g.wait("cm", Role::CareManager));
+    outputs.extend(g.send("h", admit("cm")));
+    outputs.extend(g.send("h", mute_participant("cm", Audio)));
     let mut seen = Vec::new();
     for output in outputs {
         if let Output::Send { message, .. } = output {
@@ -1874,7 +2619,17 @@ fn every_server_message_the_room_produces_serializes_with_its_tag() {
             );
         }
     }
-    for ty in ["roster", "pong", "reconnect", "subscribe_offer", "bye"] {
+    for ty in [
+        "joined",
+        "waiting",
+        "lobby",
+        "muted_by",
+        "roster",
+        "pong",
+        "reconnect",
+        "subscribe_offer",
+        "bye",
+    ] {
         assert!(seen.contains(&ty), "the scenario produced no {ty}");
     }
 }
