@@ -19,6 +19,7 @@ import { allowed, Action } from './permissions.js';
 import { initLobby, setLobby, setCanAdmit, resetLobby } from './lobby.js';
 import { initHostControls, decorateTile, decorateScreen, requestEndConference } from './hostcontrols.js';
 import { startStaff } from './staff.js';
+import { ScreenShare } from './screenshare.js';
 
 const MAX_NAME_CHARS = 64;
 const QUALITY_INTERVAL_MS = 2000;
@@ -61,9 +62,6 @@ const state = {
   waiting: false,
   /** Set when the server ended the session for good (denied, removed, ended, replaced, left). */
   final: null,
-  /** The live getDisplayMedia track while we share a screen, else null. */
-  screenTrack: null,
-  screenBusy: false,
   /** Publish renegotiations run one after another: the server answers one offer at a time. */
   negotiation: Promise.resolve(),
 };
@@ -187,7 +185,7 @@ function releaseLocalMedia() {
   state.local = null;
   ui.setPreview(null, 'user');
   ui.setWaitingPreview(null, 'user');
-  dropScreenTrack();
+  screenShare.drop();
 }
 
 function applyLocalEnabled() {
@@ -284,7 +282,7 @@ async function startPublish() {
   const stream = state.local?.stream;
   const live = stream?.getTracks().filter((t) => t.readyState === 'live') ?? [];
   ui.setPublishNotice(live.length === 0);
-  const screen = state.screenTrack?.readyState === 'live' ? state.screenTrack : null;
+  const screen = screenShare.liveTrack;
   if (live.length === 0 && !screen) return;
   const sig = state.sig;
   const conn = new PublishConnection(new MediaStream(live), {
@@ -325,86 +323,24 @@ function renegotiatePublish() {
 
 // ---------------------------------------------------------------- screen share
 
-function screenShareSupported() {
-  return typeof navigator.mediaDevices?.getDisplayMedia === 'function';
-}
-
-function renderScreenShare() {
-  ui.setScreenShareState({
-    visible: screenShareSupported() && allowed(state.role, Action.PublishScreen),
-    sharing: Boolean(state.screenTrack),
-    busy: state.screenBusy,
-  });
-}
-
-async function startScreenShare() {
-  if (state.screenBusy || state.screenTrack || !allowed(state.role, Action.PublishScreen)) return;
-  state.screenBusy = true;
-  renderScreenShare();
-  try {
-    let captured;
-    try {
-      captured = await navigator.mediaDevices.getDisplayMedia({
-        video: { frameRate: { ideal: 5, max: 15 } },
-        audio: false,
-      });
-    } catch (err) {
-      // NotAllowedError is also what a cancelled picker reports: no message for that.
-      if (err?.name !== 'NotAllowedError') ui.toast(t('screen_share_failed'));
-      return;
-    }
-    const track = captured.getVideoTracks()[0];
-    for (const extra of captured.getTracks()) if (extra !== track) extra.stop();
-    if (!track || wardlink.view !== 'conference') {
-      track?.stop();
-      return;
-    }
-    // The browser's own "stop sharing" bar ends the track without asking us.
-    track.addEventListener('ended', () => {
-      if (state.screenTrack === track) stopScreenShare();
-    });
-    state.screenTrack = track;
-    renderScreenShare();
-    if (!state.publish) {
-      await startPublish();
-    } else {
-      await state.publish.addScreen(track);
-      await renegotiatePublish();
-    }
-  } catch (err) {
-    console.error('screen share failed', err);
-    ui.toast(t('screen_share_failed'));
-    dropScreenTrack();
-  } finally {
-    state.screenBusy = false;
-    renderScreenShare();
-  }
-}
-
-/** Stops our screen share and tells the server (the section goes inactive). */
-async function stopScreenShare() {
-  if (!state.screenTrack) return;
-  dropScreenTrack();
+/** Puts a new screen track on the publish connection (or takes it off, with null). */
+async function publishScreen(track) {
   const conn = state.publish;
-  if (!conn) return;
-  try {
-    await conn.removeScreen();
-    await renegotiatePublish();
-  } catch (err) {
-    console.error('stopping the screen share failed', err);
+  if (!conn) {
+    // Nothing published yet (no camera or microphone): a connection for the screen alone.
+    if (track) await startPublish();
+    return;
   }
+  if (track) await conn.addScreen(track);
+  else await conn.removeScreen();
+  await renegotiatePublish();
 }
 
-function dropScreenTrack() {
-  const track = state.screenTrack;
-  state.screenTrack = null;
-  if (track && track.readyState === 'live') track.stop();
-  renderScreenShare();
-}
-
-function toggleScreenShare() {
-  return state.screenTrack ? stopScreenShare() : startScreenShare();
-}
+const screenShare = new ScreenShare({
+  getRole: () => state.role,
+  inConference: () => wardlink.view === 'conference',
+  onChange: publishScreen,
+});
 
 function closePublish() {
   state.publish?.close();
@@ -505,7 +441,7 @@ function setRole(role, roster = []) {
 
 function renderRoleControls() {
   ui.setEndConferenceVisible(allowed(state.role, Action.EndConference));
-  renderScreenShare();
+  screenShare.render();
   setCanAdmit(allowed(state.role, Action.Admit));
   ui.refreshTiles();
 }
@@ -539,7 +475,7 @@ function handleMutedBy(msg) {
     renderControls();
     applyRoster(state.roster);
   } else if (msg.kind === 'screen') {
-    stopScreenShare();
+    screenShare.stop();
   } else {
     return;
   }
@@ -816,7 +752,7 @@ function wire() {
   on('camera-switch', 'click', flipCamera);
   on('leave-button', 'click', leave);
   on('waiting-leave', 'click', leave);
-  on('screen-share-button', 'click', toggleScreenShare);
+  on('screen-share-button', 'click', () => screenShare.toggle());
   on('end-conference-button', 'click', requestEndConference);
   on('rejoin-button', 'click', showJoin);
   on('replaced-rejoin', 'click', showJoin);

@@ -313,7 +313,7 @@ impl Audit {
         let (seq, hash) = {
             let mut conn = self.inner.store.lock();
             with_full_sync(&mut conn, |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let last: Option<(i64, String)> = tx
                     .query_row(
                         "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
@@ -521,7 +521,7 @@ impl Audit {
             prev_hash = entry.hash.clone();
             last = Some((entry.seq, entry.hash));
         }
-        if false {
+        if first_bad.is_none() {
             first_bad = check_anchor(&anchor, last.as_ref(), hash_at_anchor.as_deref());
         }
         Ok(VerifyReport { entries, first_bad })
@@ -576,7 +576,7 @@ impl Audit {
                 m.update(&hash);
                 m.verify_slice(&mac).is_ok()
             });
-        if false && !mac_ok {
+        if !mac_ok {
             return bad(
                 "MAC mismatch: not written by this server's audit key (entry forged or inserted)"
                     .into(),

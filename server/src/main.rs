@@ -321,6 +321,14 @@ fn create_room(
     if config.public_url.is_none() && config.listen.port() == 0 {
         anyhow::bail!("listen has port 0, so links cannot name the server's port; set public_url or a fixed port");
     }
+    if !invitations
+        .iter()
+        .any(|i| i.role == wardlink_signaling::Role::Host)
+    {
+        eprintln!(
+            "note: no host invitation; nobody in this conference can admit waiting participants"
+        );
+    }
     if !Keys::path(&config.data_dir).exists() {
         eprintln!(
             "warning: no signing key in {}; creating one. If the server uses another data_dir, \

@@ -175,7 +175,7 @@ async fn join(
             .map_err(|e| refuse(e.code(), e.to_string(), Some(claims.room.clone())))?
     };
     if check.first_use || check.second_device {
-        let _ = state.audit.record(AuditEvent {
+        let recorded = state.audit.record(AuditEvent {
             actor: format!("invitation:{}", claims.jti),
             action: "invitation_used",
             conference: Some(claims.room.clone()),
@@ -186,6 +186,9 @@ async fn join(
                 "second_device": check.second_device,
             }),
         });
+        if let Err(e) = recorded {
+            tracing::error!(%e, "audit record failed");
+        }
     }
     state
         .rooms

@@ -113,6 +113,12 @@ impl Store {
         let path = data_dir.join(DB_FILE);
         let conn = Connection::open(&path)
             .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", path.display()))?;
+        // The file holds password hashes and TOTP secrets: owner-only, like the keys.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
         Self::init(conn, path)
     }
 

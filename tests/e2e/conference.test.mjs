@@ -1,7 +1,8 @@
 // Browser end-to-end: the real `wardlink` binary, the real web client, real Chromium with fake
 // camera/microphone. Three people (ward nurse, care manager, surveyor) join from their links,
-// see and hear each other (decoded frames and audio samples grow in getStats), the surveyor
-// leaves and comes back.
+// the nurse admits the two guests from the waiting room, everyone sees and hears the others
+// (decoded frames and audio samples grow in getStats), the surveyor leaves and comes back
+// (and is admitted again).
 //
 // The runner (tests/run-all.sh) builds target/debug/wardlink first. Override the binary with
 // WARDLINK_BIN and the browser with CHROMIUM_PATH. Screenshots go to tests/e2e/artifacts/.
@@ -199,6 +200,21 @@ async function clickJoin(page) {
   await button.click();
 }
 
+/** The guest on `guestPage` waits in the waiting room; the host admits exactly that
+ *  participant (by id) from the lobby; the guest reaches the conference view. */
+async function admit(hostPage, guestName, guestPage) {
+  const waiting = await eventually(`${guestName} in the waiting room`, 20_000, async () => {
+    const v = await guestPage.evaluate(() => ({ view: window.wardlink?.view, id: window.wardlink?.participantId }));
+    return { ok: v.view === 'waiting' && Boolean(v.id), ...v };
+  });
+  const entry = hostPage.locator(`[data-testid="lobby-entry"][data-participant-id="${waiting.id}"]`);
+  await entry.locator('[data-testid="admit-button"]').click({ timeout: 20_000 });
+  await eventually(`${guestName} admitted into the conference`, 20_000, async () => {
+    const view = await guestPage.evaluate(() => window.wardlink?.view);
+    return { ok: view === 'conference', view };
+  });
+}
+
 async function screenshotAll(pages, label) {
   mkdirSync(artifacts, { recursive: true });
   for (const [name, page] of Object.entries(pages)) {
@@ -282,6 +298,15 @@ test('three people confer in Chromium; the surveyor leaves and rejoins', { timeo
       await page.goto(linkFor(role));
       await clickJoin(page);
       pages[name] = page;
+      if (role === 'host') {
+        await eventually('the nurse (host) in the conference', 20_000, async () => {
+          const view = await page.evaluate(() => window.wardlink?.view);
+          return { ok: view === 'conference', view };
+        });
+      } else {
+        // Guests wait until the nurse admits them.
+        await admit(pages.nurse, name, page);
+      }
     }
 
     for (const [name, page] of Object.entries(pages)) await waitTiles(name, page, 3);
@@ -305,6 +330,7 @@ test('three people confer in Chromium; the surveyor leaves and rejoins', { timeo
     // And comes back with the same link.
     await pages.surveyor.locator('[data-testid="rejoin-button"]').click();
     await clickJoin(pages.surveyor);
+    await admit(pages.nurse, 'surveyor (rejoining)', pages.surveyor);
     for (const [name, page] of Object.entries(pages)) await waitTiles(name, page, 3);
     const rejoinedId = await pages.surveyor.evaluate(() => window.wardlink.participantId);
     assert.ok(rejoinedId, 'the rejoined surveyor has a participant id');

@@ -975,11 +975,7 @@ impl Sfu {
         {
             return;
         }
-        let Some(subscribers) = self
-            .routes
-            .get(publisher)
-            .map(|r| r[kind_index(kind)].clone())
-        else {
+        let Some(route) = self.routes.get(publisher) else {
             return;
         };
         // Extensions are negotiated per leg; forwarding the publisher's ids would get the
@@ -988,8 +984,10 @@ impl Sfu {
         packet.header.extensions.clear();
         packet.header.extension_profile = 0;
         let source_ssrc = packet.header.ssrc;
-        for sub in subscribers {
-            let Some(peer) = self.peers.get_mut(&sub) else {
+        // Borrow the fields separately so the route list is read in place, not cloned.
+        let (peers, ready, stats) = (&mut self.peers, &mut self.ready, &mut self.stats);
+        for &sub in &route[kind_index(kind)] {
+            let Some(peer) = peers.get_mut(&sub) else {
                 continue;
             };
             // Before DTLS completes `rtc` would drop the packet anyway.
@@ -1015,32 +1013,25 @@ impl Sfu {
             out.header.payload_type = h.payload_type;
             out.header.sequence_number = h.sequence_number;
             out.header.timestamp = h.timestamp;
-            let sender_id = leg.sender_id;
-            if let Some(mut sender) = peer.pc.rtp_sender(sender_id) {
-                match sender.write_rtp(now, out) {
-                    Ok(()) => self.stats.forwarded += 1,
-                    Err(e) => tracing::trace!(%e, "write_rtp failed"),
-                }
+            // Straight into the connection: SSRC, payload type and (absent) extensions are
+            // already what this leg negotiated, which is all `RTCRtpSender::write_rtp`
+            // checks, and it would allocate the track id per packet (`rtc` ignores it here).
+            let written = peer.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), out),
+            });
+            match written {
+                Ok(()) => stats.forwarded += 1,
+                Err(e) => tracing::trace!(%e, "forward write failed"),
             }
-            self.drain_writes(sub);
+            drain_into_outbox(sub, peer, ready, stats);
         }
     }
 
     /// Moves a connection's outbound datagrams into its bounded outbox.
     fn drain_writes(&mut self, id: PeerId) {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
-        let was_empty = peer.outbox.is_empty();
-        while let Some(msg) = peer.pc.poll_write() {
-            if peer.outbox.len() >= OUTBOX_LIMIT {
-                self.stats.outbox_drops += 1;
-                continue;
-            }
-            peer.outbox.push_back(msg);
-        }
-        if was_empty && !peer.outbox.is_empty() {
-            self.ready.push_back(id);
+        if let Some(peer) = self.peers.get_mut(&id) {
+            drain_into_outbox(id, peer, &mut self.ready, &mut self.stats);
         }
     }
 
@@ -1091,6 +1082,27 @@ impl Sfu {
             }
         }
         self.ready.retain(|p| *p != id);
+    }
+}
+
+/// Moves a connection's outbound datagrams into its bounded outbox; a full outbox drops
+/// (and counts) rather than letting one slow subscriber grow memory or hold anyone up.
+fn drain_into_outbox(
+    id: PeerId,
+    peer: &mut Peer,
+    ready: &mut VecDeque<PeerId>,
+    stats: &mut SfuStats,
+) {
+    let was_empty = peer.outbox.is_empty();
+    while let Some(msg) = peer.pc.poll_write() {
+        if peer.outbox.len() >= OUTBOX_LIMIT {
+            stats.outbox_drops += 1;
+            continue;
+        }
+        peer.outbox.push_back(msg);
+    }
+    if was_empty && !peer.outbox.is_empty() {
+        ready.push_back(id);
     }
 }
 

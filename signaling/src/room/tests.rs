@@ -1963,7 +1963,12 @@ fn host_rights_pass_only_to_staff_who_are_present_and_the_roles_swap() {
     }
     // Yourself, someone still waiting, or nobody: there is no such participant to pass to.
     for target in ["h", "s2", "nobody"] {
-        assert_refused(&mut h, "h", transfer_host(target), ErrorCode::UnknownParticipant);
+        assert_refused(
+            &mut h,
+            "h",
+            transfer_host(target),
+            ErrorCode::UnknownParticipant,
+        );
     }
 
     let out = h.send("h", transfer_host("s"));
