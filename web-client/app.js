@@ -644,12 +644,16 @@ function scheduleRetry() {
 /** Going back to the join page cannot fix these, so it is not offered after them. */
 const HOPELESS_CODES = ['invalid_token', 'token_expired', 'conference_ended', 'invitation_revoked'];
 
-/** When a not-yet-valid link becomes usable, if the token says (`nbf`, optional) . */
-function validWindow(claims) {
-  const from = claims?.nbf;
-  const to = claims?.exp;
-  if (!Number.isFinite(from) || !Number.isFinite(to)) return null;
-  return { from: new Date(from * 1000), to: new Date(to * 1000) };
+/**
+ * When a not-yet-valid link becomes usable: the server's message names the start ("this link
+ * works from 2025-06-01T04:30:00Z"); the token's `exp` is the end. Null when neither says.
+ */
+function validWindow(claims, message) {
+  const match = /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})/.exec(String(message ?? ''));
+  const fromMs = match ? Date.parse(match[0]) : Number.isFinite(claims?.nbf) ? claims.nbf * 1000 : NaN;
+  if (Number.isNaN(fromMs)) return null;
+  const to = Number.isFinite(claims?.exp) ? new Date(claims.exp * 1000) : null;
+  return { from: new Date(fromMs), to };
 }
 
 function failFatal({ code, message, textKey }) {
@@ -668,7 +672,7 @@ function failFatal({ code, message, textKey }) {
     message,
     textKey,
     canRetry: Boolean(state.token) && !HOPELESS_CODES.includes(code),
-    window: code === 'not_yet_valid' ? validWindow(state.claims) : null,
+    window: code === 'not_yet_valid' ? validWindow(state.claims, message) : null,
   });
   showView('error');
 }

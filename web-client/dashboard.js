@@ -2,7 +2,7 @@
 // link and one link per invitation (copy / revoke), and list upcoming conferences.
 
 import { t, roleName, has, applyI18n, onLangChange } from './i18n.js';
-import { api } from './staffapi.js';
+import { api, isSignedOut } from './staffapi.js';
 import { toast } from './ui.js';
 import { titleLooksLikePatientName } from './titlecheck.js';
 import { toRfc3339Local, parseDateTimeLocal, toDateTimeLocalValue, formatDateTime } from './datetime.js';
@@ -145,7 +145,7 @@ async function createConference() {
     loadConferences();
   } catch (err) {
     // A lapsed session is handled (sign-in form) by the API layer; nothing to add here.
-    if (err?.code !== 'session_expired') setCreateError(err);
+    if (!isSignedOut(err)) setCreateError(err);
   } finally {
     setCreateBusy(false);
   }
@@ -163,6 +163,11 @@ function renderCreated() {
     return;
   }
   $('created-title').textContent = `${created.title} — ${formatDateTime(created.scheduled)}`;
+  const windowEl = $('created-window');
+  windowEl.hidden = !(created.valid_from && created.expires_at);
+  windowEl.textContent = windowEl.hidden
+    ? ''
+    : t('created_window', { from: formatDateTime(created.valid_from), to: formatDateTime(created.expires_at) });
   const host = $('host-link');
   if (created.host_link) host.href = created.host_link;
   else host.removeAttribute('href');
@@ -234,11 +239,13 @@ async function revokeInvitation(invite) {
     invite.revoked = true;
     toast(t('revoke_done'));
   } catch (err) {
-    if (err?.code !== 'session_expired') toast(staffErrorText(err));
+    if (!isSignedOut(err)) toast(staffErrorText(err));
   } finally {
     invite.revoking = false;
     if (created?.invitations?.includes(invite)) renderCreated();
   }
+  // The list shows the same invitation; keep it in step.
+  if (invite.revoked) loadConferences();
 }
 
 /** Copies to the clipboard; falls back to selecting text for older browsers. */
@@ -277,10 +284,49 @@ export async function loadConferences() {
     list = Array.isArray(data) ? data : Array.isArray(data?.conferences) ? data.conferences : [];
     listError = null;
   } catch (err) {
-    if (err?.code === 'session_expired') return;
+    if (isSignedOut(err)) return;
     listError = err;
   }
   renderList();
+}
+
+const isObject = (x) => Boolean(x) && typeof x === 'object';
+
+/** One invitation in the list: who, role, used/revoked, and a revoke button. */
+function renderListInvite(invite) {
+  const li = $('list-invite-template').content.firstElementChild.cloneNode(true);
+  const revoked = invite.revoked_ms != null || Boolean(invite.revoked);
+  const used = invite.first_used_ms != null;
+  li.dataset.invitationId = invite.id ?? '';
+  li.dataset.role = invite.role ?? '';
+  li.classList.toggle('is-revoked', revoked);
+  li.querySelector('.list-invite-name').textContent = invite.display_name ?? '';
+  li.querySelector('.list-invite-role').textContent = roleName(invite.role);
+  const status = li.querySelector('.list-invite-status');
+  status.hidden = !revoked && !used;
+  status.textContent = revoked ? t('revoked') : used ? t('list_invite_used') : '';
+  status.classList.toggle('badge-bad', revoked);
+  const button = li.querySelector('.list-invite-revoke');
+  button.textContent = t('revoke');
+  button.setAttribute('aria-label', t('list_invite_revoke_aria', { name: invite.display_name ?? '', role: roleName(invite.role) }));
+  button.dataset.invitationId = invite.id ?? '';
+  button.hidden = revoked || !invite.id;
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    try {
+      await api(`/api/invitations/${encodeURIComponent(invite.id)}/revoke`, { method: 'POST' });
+      toast(t('revoke_done'));
+      const shown = created?.invitations?.find((i) => i.id === invite.id);
+      if (shown) {
+        shown.revoked = true;
+        renderCreated();
+      }
+    } catch (err) {
+      if (!isSignedOut(err)) toast(staffErrorText(err));
+    }
+    loadConferences();
+  });
+  return li;
 }
 
 function scheduledOf(item) {
@@ -307,9 +353,11 @@ function renderList() {
       li.querySelector('.conference-item-title').textContent = conf.title ?? '';
       const meta = [];
       if (conf.scheduled_at) meta.push(formatDateTime(conf.scheduled_at));
-      const invites = Array.isArray(conf.invitations) ? conf.invitations.length : conf.invitation_count;
-      if (Number.isFinite(invites)) meta.push(t('list_invitations', { n: invites }));
+      const invites = Array.isArray(conf.invitations) ? conf.invitations : [];
+      if (invites.length) meta.push(t('list_invitations', { n: invites.length }));
       li.querySelector('.conference-item-meta').textContent = meta.join(' · ');
+      // Links are shown only once, at creation; revoking must stay possible from here.
+      li.querySelector('.conference-item-invites').replaceChildren(...invites.filter(isObject).map(renderListInvite));
       const host = li.querySelector('.conference-item-host');
       if (typeof conf.host_link === 'string' && conf.host_link) {
         host.href = conf.host_link;

@@ -2,7 +2,7 @@
 // first sign-in), the dashboard, the idle lock and the reaction to an expired session.
 
 import { t, applyI18n, toggleLang, onLangChange } from './i18n.js';
-import { api, onSessionExpired } from './staffapi.js';
+import { api, onSessionExpired, isSignedOut } from './staffapi.js';
 import { staffErrorText } from './stafferrors.js';
 import { IdleWatcher, ActivityPinger } from './idle.js';
 import { initDashboard, clearDashboard, loadConferences } from './dashboard.js';
@@ -101,11 +101,17 @@ function showLogin(error) {
   st.authError = error;
   $('login-password').value = '';
   $('totp-code').value = '';
-  $('enroll-qr').replaceChildren();
-  $('enroll-uri').textContent = '';
+  clearEnrolment();
   renderAuth();
   showStaffView('auth');
   ($('login-username').value ? $('login-password') : $('login-username')).focus();
+}
+
+/** The TOTP secret must not stay in the DOM once enrolment is over or abandoned. */
+function clearEnrolment() {
+  $('enroll-qr').replaceChildren();
+  $('enroll-secret').textContent = '';
+  $('enroll-uri').textContent = '';
 }
 
 function renderAuth() {
@@ -183,6 +189,8 @@ async function startEnroll() {
   const enrolment = await api('/api/totp/enroll', { method: 'POST', expectAnonymous: true });
   st.stage = 'enroll';
   showQr(enrolment?.qr_svg ?? '');
+  $('enroll-secret').textContent = enrolment?.secret ?? '';
+  $('enroll-secret-row').hidden = !enrolment?.secret;
   $('enroll-uri').textContent = enrolment?.otpauth_uri ?? '';
   $('totp-code').value = '';
   renderAuth();
@@ -226,7 +234,7 @@ function submitTotp() {
       await finishSignIn();
     } catch (err) {
       $('totp-code').value = '';
-      if (err?.code === 'session_expired') {
+      if (isSignedOut(err)) {
         // The half-finished sign-in lapsed: start over from the password.
         showLogin(err);
         return;
@@ -250,8 +258,7 @@ function enterDashboard(me) {
   st.authError = null;
   $('login-password').value = '';
   $('totp-code').value = '';
-  $('enroll-qr').replaceChildren();
-  $('enroll-uri').textContent = '';
+  clearEnrolment();
   renderUser();
   clearDashboard();
   showStaffView('dashboard');
@@ -289,8 +296,8 @@ async function ping() {
   try {
     await api('/api/session/ping', { method: 'POST' });
   } catch (err) {
-    // session_expired is handled by the API layer; anything else is retried with the next input.
-    if (err?.code !== 'session_expired') console.warn('session ping failed', err);
+    // A lapsed session is handled by the API layer; anything else is retried with the next input.
+    if (!isSignedOut(err)) console.warn('session ping failed', err);
   }
 }
 

@@ -16,9 +16,18 @@ export class ApiError extends Error {
 
 let sessionExpiredHandler = null;
 
+/** Codes meaning "no valid session": the sign-in form is the only way on. */
+const SIGNED_OUT_CODES = ['session_expired', 'not_authenticated'];
+
+/** True when `error` means the session is gone (expired, or the cookie is missing). */
+export function isSignedOut(error) {
+  return SIGNED_OUT_CODES.includes(error?.code);
+}
+
 /**
- * Registers the handler for a `session_expired` answer to any request (the staff page then
- * shows the sign-in form). Requests made with `{expectAnonymous: true}` do not trigger it.
+ * Registers the handler for a signed-out answer (`session_expired`, `not_authenticated`) to
+ * any request; the staff page then shows the sign-in form. Requests made with
+ * `{expectAnonymous: true}` do not trigger it.
  */
 export function onSessionExpired(fn) {
   sessionExpiredHandler = fn;
@@ -94,6 +103,6 @@ export async function api(path, { method = 'GET', body, expectAnonymous = false 
   const code = typeof data?.code === 'string' && data.code ? data.code : fallbackCode(res.status);
   const message = typeof data?.message === 'string' ? data.message : '';
   const error = new ApiError(res.status, code, message, { retryAfterSecs: retryAfterFrom(res, data), body: data });
-  if (code === 'session_expired' && !expectAnonymous) sessionExpiredHandler?.(error);
+  if (SIGNED_OUT_CODES.includes(code) && !expectAnonymous) sessionExpiredHandler?.(error);
   throw error;
 }

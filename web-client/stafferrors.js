@@ -11,11 +11,12 @@ export function staffErrorText(error) {
   else if (code && has(`err_${code}`)) text = t(`err_${code}`);
   else text = error?.serverMessage || t('staff_err_unknown');
   const wait = error?.retryAfterSecs;
-  if (code === 'account_locked') {
-    if (Number.isFinite(wait) && wait > 0) text += `\n${t('staff_err_account_locked_retry', { min: Math.max(1, Math.ceil(wait / 60)) })}`;
-    // The server's own lockout message (e.g. how long) is shown too, as it may say more.
-    if (error.serverMessage) text += `\n${error.serverMessage}`;
-  } else if (code === 'rate_limited' && Number.isFinite(wait) && wait > 0) {
+  const known = Number.isFinite(wait) && wait > 0;
+  if (code === 'account_locked' || code === 'ip_blocked') {
+    // How long the lockout lasts; the server's own (English) sentence only when it did not say.
+    if (known) text += `\n${t('staff_err_locked_retry', { min: Math.max(1, Math.ceil(wait / 60)) })}`;
+    else if (error.serverMessage) text += `\n${error.serverMessage}`;
+  } else if (code === 'rate_limited' && known) {
     text += `\n${t('staff_err_rate_limited_retry', { sec: wait })}`;
   }
   return text;

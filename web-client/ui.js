@@ -493,7 +493,7 @@ let errorState = null;
 
 /**
  * Fills the error view: localized by code when known, plus the server's own words as detail.
- * `window` ({from, to} as Dates) adds when a not-yet-valid link can be used.
+ * `window` ({from, to?} as Dates) adds when a not-yet-valid link can be used.
  */
 export function setError({ code, message, textKey, canRetry, window: validWindow }) {
   errorState = { code, message, textKey, canRetry, validWindow };
@@ -506,9 +506,11 @@ function renderError() {
   $('error-message').textContent = textKey ? t(textKey) : errorText(code, message);
   const windowEl = $('error-window');
   windowEl.hidden = !validWindow;
-  windowEl.textContent = validWindow
-    ? t('err_not_yet_valid_window', { from: formatDateTime(validWindow.from), to: formatDateTime(validWindow.to) })
-    : '';
+  windowEl.textContent = !validWindow
+    ? ''
+    : validWindow.to
+      ? t('err_not_yet_valid_window', { from: formatDateTime(validWindow.from), to: formatDateTime(validWindow.to) })
+      : t('err_not_yet_valid_from', { from: formatDateTime(validWindow.from) });
   const detail = $('error-detail');
   detail.hidden = !message;
   detail.textContent = message ? t('error_detail', { msg: message }) : '';

@@ -688,9 +688,13 @@ pub enum SessionError {
     /// No session cookie, or one the server does not know.
     #[error("not signed in")]
     Missing,
-    /// The session ended (idle or absolute timeout).
+    /// The session ended (idle or absolute timeout, or the account was disabled).
     #[error("the session has expired; sign in again")]
-    Expired,
+    Expired {
+        /// The account of a fully signed-in session that ended, for the audit log (`None`
+        /// for a session still at the password stage or of a deleted account).
+        account: Option<String>,
+    },
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
@@ -775,7 +779,9 @@ pub fn check_session(
     };
     if expired {
         conn.execute("DELETE FROM sessions WHERE id_hash = ?1", [&id_hash])?;
-        return Err(SessionError::Expired);
+        return Err(SessionError::Expired {
+            account: user.filter(|_| stage == Stage::Full).map(|u| u.username),
+        });
     }
     if touch {
         conn.execute(
@@ -1424,7 +1430,7 @@ mod tests {
         // ... and 15 idle minutes end it, for good.
         assert!(matches!(
             check_session(&conn, &cookie, &policy, now + 15 * 60_000, true),
-            Err(SessionError::Expired)
+            Err(SessionError::Expired { account: Some(a) }) if a == "sato"
         ));
         assert!(matches!(
             check_session(&conn, &cookie, &policy, now, true),
@@ -1440,7 +1446,7 @@ mod tests {
         }
         assert!(matches!(
             check_session(&conn, &cookie, &policy, T0 + policy.absolute_ms, true),
-            Err(SessionError::Expired)
+            Err(SessionError::Expired { .. })
         ));
 
         // A password-stage session lasts at most 10 minutes.
@@ -1448,7 +1454,7 @@ mod tests {
         assert!(check_session(&conn, &half, &policy, T0 + 9 * 60_000, true).is_ok());
         assert!(matches!(
             check_session(&conn, &half, &policy, T0 + PASSWORD_STAGE_MS, true),
-            Err(SessionError::Expired)
+            Err(SessionError::Expired { account: None })
         ));
 
         // Unknown cookies are simply missing.

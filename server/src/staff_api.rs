@@ -197,7 +197,7 @@ impl From<SessionError> for ApiError {
                     "sign in first",
                 )
             },
-            SessionError::Expired => ApiError {
+            SessionError::Expired { .. } => ApiError {
                 clear_cookie: true,
                 ..ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -321,10 +321,30 @@ async fn session(state: &AppState, headers: &HeaderMap, need: Need) -> Result<Se
     };
     let policy = *state.accounts.policy();
     let now = now_ms();
-    let session = state
+    let checked = state
         .store
         .call(move |conn| Ok(accounts::check_session(conn, &cookie, &policy, now, true)))
-        .await??;
+        .await?;
+    let session = match checked {
+        Ok(session) => session,
+        Err(SessionError::Expired {
+            account: Some(account),
+        }) => {
+            // The first request after a timeout is when the server notices it; sessions
+            // nobody comes back to are purged at the next login without an entry.
+            audit(
+                state,
+                format!("user:{account}"),
+                "logout",
+                None,
+                None,
+                json!({ "reason": "expired" }),
+            )
+            .await?;
+            return Err(SessionError::Expired { account: None }.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if need != Need::Any && session.stage != Stage::Full {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -49,13 +49,14 @@ pub fn load_or_generate(config: &Config) -> anyhow::Result<TlsSetup> {
         _ => bail!("tls_cert and tls_key must be set together"),
     };
     let (certs, key) = load_pem(&cert_path, &key_path)?;
-    let server_config = server_config(certs, key).with_context(|| {
-        format!(
-            "certificate {} does not match key {}",
-            cert_path.display(),
-            key_path.display()
-        )
-    })?;
+    let server_config =
+        server_config(certs, key, config.security.allow_tls12).with_context(|| {
+            format!(
+                "certificate {} does not match key {}",
+                cert_path.display(),
+                key_path.display()
+            )
+        })?;
     Ok(TlsSetup {
         server_config: Arc::new(server_config),
         cert_path,
@@ -63,15 +64,23 @@ pub fn load_or_generate(config: &Config) -> anyhow::Result<TlsSetup> {
     })
 }
 
-/// A rustls server configuration with the ring provider, TLS 1.3 only and [`ALPN_PROTOCOLS`].
+/// A rustls server configuration with the ring provider and [`ALPN_PROTOCOLS`]: TLS 1.3
+/// only, unless `allow_tls12` (the `security.allow_tls12` key) also admits TLS 1.2 for
+/// clients that cannot do 1.3.
 pub fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    allow_tls12: bool,
 ) -> anyhow::Result<rustls::ServerConfig> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_protocol_versions(versions)?
     .with_no_client_auth()
     .with_single_cert(certs, key)?;
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();

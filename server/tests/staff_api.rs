@@ -496,6 +496,13 @@ async fn two_factor_login_sessions_and_conferences() {
 
     // The audit trail names every step and never a secret.
     let rows = audit_rows(&server);
+    assert!(
+        rows.iter()
+            .any(|(actor, action, detail)| actor == "user:sato"
+                && action == "logout"
+                && detail.contains("expired")),
+        "the idle timeout is audited: {rows:?}"
+    );
     let actions: Vec<&str> = rows.iter().map(|(_, a, _)| a.as_str()).collect();
     for expected in [
         "login_succeeded",

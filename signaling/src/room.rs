@@ -847,12 +847,27 @@ impl Room {
     }
 
     fn media(&mut self, event: MediaEvent, out: &mut Vec<Output>) {
+        // Nobody in the waiting room has media; an event about them can only be stale or
+        // wrong, and relaying it would leak the conference to someone not yet admitted.
+        let subject = match &event {
+            MediaEvent::PublishAnswer { participant, .. }
+            | MediaEvent::NegotiationFailed { participant, .. }
+            | MediaEvent::TrackPublished { participant, .. }
+            | MediaEvent::SubscribeOffer { participant, .. }
+            | MediaEvent::PeerFailed { participant, .. } => participant,
+        };
+        if !self.participants.get(subject).is_some_and(|p| p.admitted) {
+            return;
+        }
         match event {
             MediaEvent::PublishAnswer { participant, sdp } => {
                 let Some(p) = self.participants.get_mut(&participant) else {
                     return;
                 };
-                p.publish_pending = false;
+                // Only an answer to the offer this room passed on goes to the client.
+                if !std::mem::take(&mut p.publish_pending) {
+                    return;
+                }
                 out.push(Output::Send {
                     to: participant,
                     message: ServerMessage::PublishAnswer { sdp },
