@@ -104,9 +104,25 @@ install_npm_packages() {
   (cd tests/e2e && npm ci --no-audit --no-fund)
 }
 
+# rustls must run on ring only: aws-lc needs a C toolchain and cmake, and is not wanted.
+check_no_aws_lc() {
+  local out
+  if out=$(cargo tree --workspace --target all -i aws-lc-sys 2>&1); then
+    echo "aws-lc-sys is in the dependency tree:" >&2
+    echo "$out" >&2
+    return 1
+  fi
+  if ! grep -q "did not match any packages" <<<"$out"; then
+    echo "cargo tree failed: $out" >&2
+    return 1
+  fi
+  echo "no aws-lc-sys in the dependency tree"
+}
+
 step "install missing system packages" install_system_packages
 step "check toolchain (cargo, node >= 20)" check_tools
 step "install e2e npm packages (npm ci)" install_npm_packages
+step "dependency check (no aws-lc)" check_no_aws_lc
 step "cargo test --workspace" cargo test --workspace
 step "cargo build -p wardlink" cargo build -p wardlink
 if last_passed; then

@@ -58,6 +58,9 @@ pub fn static_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
         .route("/join", get(index))
+        // The staff pages (login, dashboard) are the same single page, routed client-side.
+        .route("/staff", get(index))
+        .route("/staff/{*path}", get(index))
         .route("/healthz", get(healthz))
         .route("/assets/{*path}", get(asset))
         .fallback(root_asset)

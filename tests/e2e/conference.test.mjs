@@ -125,6 +125,10 @@ function startServer(configPath, logPath) {
   child.stderr.on('data', keep);
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   let exitInfo = null;
+  // Never leave a server behind, even if the test runner itself is interrupted.
+  process.once('exit', () => {
+    if (!exitInfo) child.kill('SIGKILL');
+  });
   exited.then((info) => {
     exitInfo = info;
   });

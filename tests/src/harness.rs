@@ -139,21 +139,25 @@ impl TestServer {
         ))
     }
 
-    /// Signs a join token for `role` in an existing room with the server's key, valid from
-    /// now for an hour.
-    pub fn mint_token(&self, links: &RoomLinks, role: Role, name: &str) -> String {
-        let now = wardlink::server::unix_now();
-        wardlink::links::sign_link(
-            &self.server().state().keys.signer,
-            &self.server().base_url,
+    /// Issues one more invitation to an existing room (recorded in the server's database,
+    /// like one created by staff), valid from now for an hour; returns its token.
+    pub fn mint_token(&self, links: &RoomLinks, role: Role, name: &str) -> anyhow::Result<String> {
+        let server = self.server();
+        let state = server.state();
+        let now = wardlink::store::now_ms();
+        let link = wardlink::conferences::issue_invitation(
+            &state.store.lock(),
+            &state.keys.signer,
+            &server.base_url,
             &links.room_id,
-            &links.title,
             role,
             name,
             now,
-            now + 3600,
+            now + 3_600_000,
+            now,
         )
-        .token
+        .with_context(|| format!("issuing a {role} invitation"))?;
+        Ok(link.token)
     }
 
     /// Stops the server.

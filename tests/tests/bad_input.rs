@@ -230,7 +230,7 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
     // Hospital staff enter without the waiting room, so the rogue reaches the room state.
     let mut rogue = SignalClient::connect(&server.ws_url, &server.tls).await?;
     let joined = rogue
-        .join(&server.mint_token(&links, Role::Staff, "不正な職員"), WAIT)
+        .join(&server.mint_token(&links, Role::Staff, "不正な職員")?, WAIT)
         .await
         .context("rogue client joins with a valid token")?;
     // The room publishes, so the server offers a subscription; never answer it properly.

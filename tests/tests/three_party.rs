@@ -149,11 +149,10 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
             if publisher.id == p.id() {
                 continue;
             }
-            for kind in [MediaKind::Audio, MediaKind::Video] {
-                let from = match kind {
-                    MediaKind::Audio => start_seq[i].0,
-                    MediaKind::Video => start_seq[i].1,
-                };
+            for (kind, from) in [
+                (MediaKind::Audio, start_seq[i].0),
+                (MediaKind::Video, start_seq[i].1),
+            ] {
                 let window = from..publisher.sent.next_seq(kind);
                 let sent = sent_in(publisher, kind, window.clone());
                 let got = received_seqs(p, publisher, kind, window.clone()).len();
@@ -220,7 +219,7 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
         p.set_sending(true);
     }
     let before_join = Instant::now();
-    let doctor_token = server.mint_token(&links, Role::Staff, "主治医");
+    let doctor_token = server.mint_token(&links, Role::Staff, "主治医")?;
     let doctor = Participant::join(
         &server.ws_url,
         &server.tls,
