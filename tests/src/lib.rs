@@ -8,6 +8,8 @@
 //! - [`checks`]: payload integrity, routing and delivery-ratio checks;
 //! - [`tls`]: trust pinned to the server's self-signed certificate.
 
+#![warn(missing_docs)]
+
 pub mod checks;
 pub mod harness;
 pub mod rtc_client;

@@ -1341,34 +1341,32 @@ async fn run_feedback_listener(
     generation: u64,
 ) {
     while let Some(event) = track.poll().await {
-        #[allow(unreachable_patterns)]
-        match event {
-            TrackLocalEvent::OnRtcpPacket(packets) => {
-                for packet in packets {
-                    let any = packet.as_any();
-                    let fir = any.is::<FullIntraRequest>();
-                    if !(fir || any.is::<PictureLossIndication>()) {
-                        continue;
-                    }
-                    if kind == MediaKind::Video {
-                        shared.force_keyframe.store(true, Ordering::Release);
-                    }
-                    shared.modify(|o| {
-                        o.event(format!(
-                            "keyframe request ({}) on {}",
-                            if fir { "FIR" } else { "PLI" },
-                            kind_name(kind)
-                        ));
-                        o.keyframe_requests.push(KeyframeRequest {
-                            at: Instant::now(),
-                            kind,
-                            fir,
-                            generation,
-                        });
-                    });
-                }
+        // The event enum is non-exhaustive; RTCP feedback is its only variant today.
+        let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+            continue;
+        };
+        for packet in packets {
+            let any = packet.as_any();
+            let fir = any.is::<FullIntraRequest>();
+            if !(fir || any.is::<PictureLossIndication>()) {
+                continue;
             }
-            _ => {}
+            if kind != MediaKind::Audio {
+                shared.force_keyframe.store(true, Ordering::Release);
+            }
+            shared.modify(|o| {
+                o.event(format!(
+                    "keyframe request ({}) on {}",
+                    if fir { "FIR" } else { "PLI" },
+                    kind_name(kind)
+                ));
+                o.keyframe_requests.push(KeyframeRequest {
+                    at: Instant::now(),
+                    kind,
+                    fir,
+                    generation,
+                });
+            });
         }
     }
 }

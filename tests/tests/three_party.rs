@@ -25,7 +25,7 @@ fn options(tag: &str) -> ParticipantOptions {
     opts
 }
 
-fn everyone_but<'a>(all: &'a [Participant], me: &Participant) -> Vec<(String, String)> {
+fn everyone_but(all: &[Participant], me: &Participant) -> Vec<(String, String)> {
     all.iter()
         .filter(|p| p.id() != me.id())
         .map(|p| (p.id().to_owned(), p.tag().to_owned()))

@@ -1,0 +1,161 @@
+//! The leak check: many join → publish → subscribe → leave cycles against one wardlink
+//! server, comparing its resident memory before and after.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::payload::Clock;
+use crate::peer::MediaPlan;
+use crate::procstat;
+use crate::scenario::{ParticipantSpec, RunCtx, Status};
+use crate::stats::{lock, PublisherCounters, RxStats, Window};
+use crate::wardlink_target::{join_leave_cycle, random_device, WardlinkTarget};
+
+/// Leak-check settings.
+#[derive(Debug, Clone)]
+pub struct LeakConfig {
+    /// Measured cycles.
+    pub cycles: u64,
+    /// Cycles run before the "before" measurement (allocator and caches settle).
+    pub warmup_cycles: u64,
+    /// Cycles in flight at once (each its own invitation).
+    pub concurrency: usize,
+    /// Server process to measure.
+    pub server_pid: Option<u32>,
+    /// Local address for UDP sockets.
+    pub bind_ip: std::net::IpAddr,
+}
+
+/// Result of the leak check.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeakReport {
+    /// Measured cycles completed successfully.
+    pub cycles_ok: u64,
+    /// Measured cycles that failed.
+    pub cycles_failed: u64,
+    /// First failures.
+    pub errors: Vec<String>,
+    /// Server RSS after the warm-up cycles, KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Server RSS after the measured cycles (and a settle pause), KiB.
+    pub rss_after_kib: Option<u64>,
+    /// after − before, KiB.
+    pub rss_growth_kib: Option<i64>,
+    /// Growth per measured cycle, bytes.
+    pub growth_per_cycle_bytes: Option<f64>,
+    /// Server peak RSS, KiB.
+    pub hwm_kib: Option<u64>,
+    /// Wall time of the measured cycles, s.
+    pub seconds: f64,
+}
+
+/// Runs the leak check. A host stays in the room publishing throughout, so every cycle
+/// also gets (and must connect) a subscribe connection.
+pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::Result<LeakReport> {
+    let tokens = target
+        .minter
+        .room("leak check", cfg.concurrency + 1)
+        .context("creating the leak-check conference")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (_go_tx, go_rx) = watch::channel(true);
+    let ctx = Arc::new(RunCtx {
+        clock: Clock::new(),
+        window: Arc::new(Window::default()),
+        plan: MediaPlan::default(),
+        bind_ip: cfg.bind_ip,
+        stop: stop_rx,
+        subscribe_go: go_rx,
+    });
+    let host = Arc::new(ParticipantSpec {
+        room: 0,
+        id: 0,
+        publisher: Some((0, Arc::new(PublisherCounters::default()))),
+        rx: None,
+        expected: Vec::new(),
+        status: Status::default(),
+    });
+    let host_task = tokio::spawn(crate::wardlink_target::run_participant(
+        target.clone(),
+        tokens[0].clone(),
+        host.clone(),
+        ctx.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !host.status.publish_connected.load(Ordering::Relaxed) {
+        if Instant::now() > deadline || host_task.is_finished() {
+            bail!("leak check: the host did not start publishing");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let run_phase = |n: u64| {
+        let next = Arc::new(AtomicU64::new(0));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let mut workers = Vec::new();
+        for w in 0..cfg.concurrency {
+            let (next, ok, failed, errors) =
+                (next.clone(), ok.clone(), failed.clone(), errors.clone());
+            let (target, ctx) = (target.clone(), ctx.clone());
+            let token = tokens[w + 1].clone();
+            let device = format!("leak-worker-{w}-{}", random_device());
+            workers.push(tokio::spawn(async move {
+                let rx = Arc::new(Mutex::new(RxStats::default()));
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    match join_leave_cycle(&target, &token, &device, &ctx, rx.clone()).await {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            let mut errs = lock(&errors);
+                            if errs.len() < 10 {
+                                errs.push(format!("{e:#}"));
+                            }
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            }));
+        }
+        async move {
+            for w in workers {
+                let _ = w.await;
+            }
+            (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+        }
+    };
+    run_phase(cfg.warmup_cycles).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mem = |pid: Option<u32>| pid.and_then(|p| procstat::memory(p).ok());
+    let before = mem(cfg.server_pid);
+    let t0 = Instant::now();
+    let (ok, failed) = run_phase(cfg.cycles).await;
+    let seconds = t0.elapsed().as_secs_f64();
+    // The server tears connections down on timers too; let those run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = mem(cfg.server_pid);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), host_task).await;
+    let growth = match (before, after) {
+        (Some(b), Some(a)) => Some(a.rss_kib as i64 - b.rss_kib as i64),
+        _ => None,
+    };
+    let errors = lock(&errors).clone();
+    Ok(LeakReport {
+        cycles_ok: ok,
+        cycles_failed: failed,
+        errors,
+        rss_before_kib: before.map(|m| m.rss_kib),
+        rss_after_kib: after.map(|m| m.rss_kib),
+        rss_growth_kib: growth,
+        growth_per_cycle_bytes: growth
+            .filter(|_| cfg.cycles > 0)
+            .map(|g| (g as f64 * 1024.0 / cfg.cycles as f64 * 10.0).round() / 10.0),
+        hwm_kib: after.map(|m| m.hwm_kib),
+        seconds: (seconds * 100.0).round() / 100.0,
+    })
+}

@@ -1,0 +1,205 @@
+//! Counters shared between publishers, subscribers and the run coordinator.
+//!
+//! Loss is measured over a *window* of send times: a publisher counts the packets whose
+//! embedded send time falls inside it, a subscriber counts the distinct ones it received
+//! with a send time inside it. Both sides decide with the same timestamp, so packets in
+//! flight at either edge are counted consistently, and nothing before the window (joins,
+//! renegotiation, ICE) can count as loss.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::histogram::Histogram;
+use crate::payload::{Corrupt, RecordInfo, StreamKind};
+
+/// The measurement window, in ns of the shared clock; `u64::MAX` start = not measuring.
+#[derive(Debug)]
+pub struct Window {
+    start_ns: AtomicU64,
+    end_ns: AtomicU64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            start_ns: AtomicU64::new(u64::MAX),
+            end_ns: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Window {
+    /// Opens the window at `ns`.
+    pub fn open(&self, ns: u64) {
+        self.start_ns.store(ns, Ordering::Release);
+    }
+
+    /// Closes the window at `ns`: later send times no longer count.
+    pub fn close(&self, ns: u64) {
+        self.end_ns.store(ns, Ordering::Release);
+    }
+
+    /// Whether a packet sent at `ns` counts.
+    pub fn contains(&self, ns: u64) -> bool {
+        ns >= self.start_ns.load(Ordering::Acquire) && ns < self.end_ns.load(Ordering::Acquire)
+    }
+
+    /// (start, end) in ns.
+    pub fn bounds(&self) -> (u64, u64) {
+        (
+            self.start_ns.load(Ordering::Acquire),
+            self.end_ns.load(Ordering::Acquire),
+        )
+    }
+}
+
+/// What one publisher has sent, per kind. Survives publish-connection restarts, so
+/// sequence numbers stay continuous.
+#[derive(Debug, Default)]
+pub struct PublisherCounters {
+    /// Next sequence number per kind.
+    pub next_seq: [AtomicU64; 2],
+    /// Packets sent with a send time in the window, per kind.
+    pub sent_in_window: [AtomicU64; 2],
+    /// Packets sent in total, per kind.
+    pub sent_total: [AtomicU64; 2],
+    /// Writes the connection refused (not yet connected, closed...).
+    pub send_errors: AtomicU64,
+    /// Keyframe requests (PLI/FIR) received from the server.
+    pub keyframe_requests: AtomicU64,
+    /// How late the generator sent packets versus their schedule, µs (generator health).
+    pub lag_us: Mutex<Histogram>,
+}
+
+impl PublisherCounters {
+    /// Allocates the next sequence number of `kind`.
+    pub fn next(&self, kind: StreamKind) -> u64 {
+        self.next_seq[kind.index()].fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records a packet handed to the connection.
+    pub fn sent(&self, kind: StreamKind, in_window: bool) {
+        self.sent_total[kind.index()].fetch_add(1, Ordering::Relaxed);
+        if in_window {
+            self.sent_in_window[kind.index()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reception state of one (publisher, kind) stream at one subscriber.
+#[derive(Debug, Default, Clone)]
+pub struct StreamRx {
+    /// Bit `seq` set once seq was received (grows with the sequence number).
+    seen: Vec<u64>,
+    /// Distinct packets received whose send time is in the window.
+    pub in_window: u64,
+    /// RTP payload bytes of those.
+    pub bytes_in_window: u64,
+    /// Distinct packets received at all.
+    pub total: u64,
+    /// Packets received again (same seq).
+    pub duplicates: u64,
+}
+
+impl StreamRx {
+    /// Marks `seq` seen; false if it already was.
+    fn insert(&mut self, seq: u64) -> bool {
+        let word = (seq / 64) as usize;
+        if word >= self.seen.len() {
+            // Bounded: a sequence number from a garbage packet never gets here (checksum).
+            self.seen.resize(word + 1 + self.seen.len() / 2, 0);
+        }
+        let bit = 1u64 << (seq % 64);
+        let fresh = self.seen[word] & bit == 0;
+        self.seen[word] |= bit;
+        fresh
+    }
+}
+
+/// Everything one subscribing participant has received.
+#[derive(Debug, Default)]
+pub struct RxStats {
+    /// Per (publisher index, kind).
+    pub streams: HashMap<(u32, StreamKind), StreamRx>,
+    /// One-way latency of in-window packets, µs, per kind.
+    pub latency: [Histogram; 2],
+    /// Payloads that failed verification, by reason.
+    pub corrupt: HashMap<String, u64>,
+    /// Packets received in total (valid or not).
+    pub packets: u64,
+}
+
+impl RxStats {
+    /// Accounts one received RTP payload; `now_ns` is the arrival time.
+    pub fn on_packet(
+        &mut self,
+        parsed: Result<RecordInfo, Corrupt>,
+        payload_len: usize,
+        now_ns: u64,
+        window: &Window,
+    ) {
+        self.packets += 1;
+        let info = match parsed {
+            Ok(info) => info,
+            Err(why) => {
+                *self.corrupt.entry(format!("{why:?}")).or_default() += 1;
+                return;
+            }
+        };
+        let s = self.streams.entry((info.publisher, info.kind)).or_default();
+        if !s.insert(info.seq) {
+            s.duplicates += 1;
+            return;
+        }
+        s.total += 1;
+        if window.contains(info.send_ns) {
+            s.in_window += 1;
+            s.bytes_in_window += payload_len as u64;
+            let lat_us = now_ns.saturating_sub(info.send_ns) / 1000;
+            self.latency[info.kind.index()].record(lat_us);
+        }
+    }
+}
+
+/// Shared handle to a subscriber's counters.
+pub type SharedRx = Arc<Mutex<RxStats>>;
+
+/// Locks a std mutex, ignoring poisoning (counters stay usable after a panic elsewhere).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_window_duplicates_and_corruption() {
+        let w = Window::default();
+        w.open(1_000);
+        let mut rx = RxStats::default();
+        let rec = |seq, send_ns| RecordInfo {
+            kind: StreamKind::Audio,
+            layer: 0,
+            publisher: 3,
+            seq,
+            send_ns,
+            frame: 0,
+            part: 0,
+            parts: 1,
+        };
+        rx.on_packet(Ok(rec(0, 500)), 100, 600, &w); // before the window
+        rx.on_packet(Ok(rec(1, 1_500)), 100, 2_600, &w);
+        rx.on_packet(Ok(rec(1, 1_500)), 100, 2_700, &w); // duplicate
+        rx.on_packet(Ok(rec(700, 1_600)), 100, 2_600, &w); // far ahead: bitmap grows
+        rx.on_packet(Err(Corrupt::Checksum), 100, 2_600, &w);
+        w.close(2_000);
+        rx.on_packet(Ok(rec(701, 2_100)), 100, 2_600, &w); // after the window
+        let s = &rx.streams[&(3, StreamKind::Audio)];
+        assert_eq!((s.total, s.in_window, s.duplicates), (4, 2, 1));
+        assert_eq!(rx.corrupt["Checksum"], 1);
+        assert_eq!(rx.latency[0].count(), 2);
+        assert_eq!(rx.packets, 6);
+    }
+}
