@@ -346,6 +346,15 @@ fn check_public_url(raw: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The documented example must parse and must show the real defaults, so the docs
+    /// cannot drift from the code.
+    #[test]
+    fn example_config_parses_and_documents_the_defaults() {
+        let text = include_str!("../../deploy/wardlink.example.toml");
+        let parsed = Config::from_toml_str(text).expect("deploy/wardlink.example.toml parses");
+        assert_eq!(parsed, Config::default());
+    }
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> anyhow::Result<Option<String>> {

@@ -210,7 +210,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn init_tracing(filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+    // webrtc-rs logs every state change at INFO; keep its crates at WARN unless the
+    // operator's filter names them.
+    let filter = if filter.contains("rtc") {
+        filter.to_string()
+    } else {
+        format!("{filter},rtc=warn,rtc_ice=warn,rtc_dtls=warn,rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .with_context(|| format!("invalid log level {filter:?}"))?;
     // try_init also installs the `log` bridge (tracing-log), so webrtc/rtc log records appear.
     tracing_subscriber::fmt()

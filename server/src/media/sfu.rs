@@ -829,12 +829,10 @@ impl Sfu {
             while let Some(event) = peer.pc.poll_event() {
                 match event {
                     RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
-                        RTCPeerConnectionState::Connected => {
-                            if !peer.connected {
-                                peer.connected = true;
-                                peer.connect_deadline = None;
-                                became_connected = true;
-                            }
+                        RTCPeerConnectionState::Connected if !peer.connected => {
+                            peer.connected = true;
+                            peer.connect_deadline = None;
+                            became_connected = true;
                         }
                         RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                             failed = Some(format!("connection {state}"));

@@ -27,9 +27,8 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(25);
 /// Longest wait for one request's reply.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// One WebSocket to Janus with request/response matching by transaction.
 struct JanusConn {
@@ -124,7 +123,8 @@ impl JanusConn {
         body: Value,
         jsep: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let mut v = json!({"janus": "message", "session_id": session, "handle_id": handle, "body": body});
+        let mut v =
+            json!({"janus": "message", "session_id": session, "handle_id": handle, "body": body});
         if let Some(j) = jsep {
             v["jsep"] = j;
         }
@@ -132,12 +132,16 @@ impl JanusConn {
     }
 
     async fn trickle(&mut self, session: u64, handle: u64, candidate: &str) -> anyhow::Result<()> {
-        self.send(json!({"janus": "trickle", "session_id": session, "handle_id": handle,
-            "candidate": {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}}))
-            .await?;
-        self.send(json!({"janus": "trickle", "session_id": session, "handle_id": handle,
-            "candidate": {"completed": true}}))
-            .await?;
+        self.send(
+            json!({"janus": "trickle", "session_id": session, "handle_id": handle,
+            "candidate": {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}}),
+        )
+        .await?;
+        self.send(
+            json!({"janus": "trickle", "session_id": session, "handle_id": handle,
+            "candidate": {"completed": true}}),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -292,7 +292,10 @@ mod tests {
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x04;
-            assert!(parse_payload(&bad, false).is_err(), "flip at {i} undetected");
+            assert!(
+                parse_payload(&bad, false).is_err(),
+                "flip at {i} undetected"
+            );
         }
         assert_eq!(parse_payload(&buf[..60], false), Err(Corrupt::Length));
     }

@@ -176,13 +176,10 @@ impl PeerHandle {
     /// Waits (bounded) until connected; fails if the connection fails first.
     pub async fn wait_connected(&self, timeout: Duration) -> anyhow::Result<()> {
         let mut rx = self.state.clone();
-        let r = tokio::time::timeout(
-            timeout,
-            rx.wait_for(|s| *s != PeerState::Connecting),
-        )
-        .await
-        .context("peer connection did not connect in time")?
-        .map_err(|_| anyhow!("connection task has ended"))?;
+        let r = tokio::time::timeout(timeout, rx.wait_for(|s| *s != PeerState::Connecting))
+            .await
+            .context("peer connection did not connect in time")?
+            .map_err(|_| anyhow!("connection task has ended"))?;
         match *r {
             PeerState::Connected => Ok(()),
             s => Err(anyhow!("peer connection ended as {s:?}")),
@@ -374,7 +371,8 @@ impl Peer {
     /// Creates and applies our offer; returns its SDP.
     pub fn create_offer(&mut self) -> anyhow::Result<String> {
         let offer = self.pc.create_offer(None)?;
-        self.pc.set_local_description(Instant::now(), offer.clone())?;
+        self.pc
+            .set_local_description(Instant::now(), offer.clone())?;
         Ok(offer.sdp)
     }
 
@@ -482,10 +480,7 @@ fn write_rtp(
 ) -> bool {
     pc.handle_write(TaggedRTCMessage {
         now,
-        message: RTCMessage::RtpPacket(
-            String::new(),
-            rtc::rtp::Packet { header, payload },
-        ),
+        message: RTCMessage::RtpPacket(String::new(), rtc::rtp::Packet { header, payload }),
     })
     .is_ok()
 }
@@ -734,9 +729,7 @@ async fn run(
             return;
         }
         let now = Instant::now();
-        let mut deadline = pc
-            .poll_timeout()
-            .unwrap_or(now + Duration::from_secs(3600));
+        let mut deadline = pc.poll_timeout().unwrap_or(now + Duration::from_secs(3600));
         if deadline <= now && now < last_timeout + MIN_TIMEOUT_INTERVAL {
             deadline = last_timeout + MIN_TIMEOUT_INTERVAL;
         }

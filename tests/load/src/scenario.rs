@@ -255,9 +255,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         stop: stop_rx,
         subscribe_go: go_rx,
     });
-    let server_mem_before = cfg
-        .server_pid
-        .and_then(|pid| procstat::memory(pid).ok());
+    let server_mem_before = cfg.server_pid.and_then(|pid| procstat::memory(pid).ok());
 
     let per_room = cfg.publishers + cfg.subscribers;
     let mut specs: Vec<Arc<ParticipantSpec>> = Vec::new();
@@ -431,7 +429,9 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     if let Some(m) = pid.and_then(|p| procstat::memory(p).ok()) {
         rss_max = rss_max.max(m.rss_kib);
     }
-    let hwm = pid.and_then(|p| procstat::memory(p).ok()).map(|m| m.hwm_kib);
+    let hwm = pid
+        .and_then(|p| procstat::memory(p).ok())
+        .map(|m| m.hwm_kib);
     // Let packets still in flight arrive; anything later than this counts as lost.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -481,7 +481,12 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     let lost = expected_packets - received_packets;
     let ingress: u64 = pub_counters
         .iter()
-        .map(|c| c.sent_in_window.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>())
+        .map(|c| {
+            c.sent_in_window
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .sum::<u64>()
+        })
         .sum();
     let mut lag = Histogram::default();
     let mut send_errors = 0;

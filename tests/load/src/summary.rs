@@ -115,7 +115,10 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         }
     }
 
-    writeln!(out, "\n### wardlink / Janus ratios (below 1.00: wardlink uses less)\n")?;
+    writeln!(
+        out,
+        "\n### wardlink / Janus ratios (below 1.00: wardlink uses less)\n"
+    )?;
     writeln!(
         out,
         "| scenario | CPU per forwarded Mbit | added latency p99 | RSS per participant | loss wardlink % | loss Janus % |"

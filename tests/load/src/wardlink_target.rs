@@ -135,9 +135,8 @@ impl WardlinkTarget {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(target: &WardlinkTarget) -> anyhow::Result<Ws> {
     let tls = client_config(target.cert.as_deref())?;
@@ -266,12 +265,10 @@ pub async fn run_participant(
                         let answer = match &subscribe {
                             Some(h) if h.current() != PeerState::Failed => h.reoffer(sdp).await,
                             _ => {
-                                let Some(rx) = spec.rx.clone() else {
-                                    // Publish-only participants still get offers; answer them
-                                    // with a connection whose media nobody counts.
-                                    status.error("subscribe offer for a non-subscriber".into());
-                                    continue;
-                                };
+                                // A participant with nobody to receive may still be
+                                // offered a connection; answer it like a browser would,
+                                // counting into a throw-away tally.
+                                let rx = spec.rx.clone().unwrap_or_default();
                                 match Peer::new(ctx.bind_ip).await {
                                     Ok(mut peer) => match peer.answer_offer(sdp) {
                                         Ok(a) => {
@@ -380,7 +377,14 @@ pub async fn join_leave_cycle(
                     peer.add_publish_tracks("leak")?;
                     let sdp = peer.create_offer()?;
                     pending = Some(peer);
-                    send(&mut ws, &ClientMessage::PublishOffer { sdp, screen_mid: None }).await?;
+                    send(
+                        &mut ws,
+                        &ClientMessage::PublishOffer {
+                            sdp,
+                            screen_mid: None,
+                        },
+                    )
+                    .await?;
                 }
                 ServerMessage::PublishAnswer { sdp } => {
                     let mut peer = pending.take().context("answer without offer")?;
@@ -410,9 +414,20 @@ pub async fn join_leave_cycle(
                             a
                         }
                     };
-                    send(&mut ws, &ClientMessage::SubscribeAnswer { sdp: answer, revision }).await?;
+                    send(
+                        &mut ws,
+                        &ClientMessage::SubscribeAnswer {
+                            sdp: answer,
+                            revision,
+                        },
+                    )
+                    .await?;
                 }
-                ServerMessage::Error { code, message, fatal: true } => {
+                ServerMessage::Error {
+                    code,
+                    message,
+                    fatal: true,
+                } => {
                     bail!("fatal {code}: {message}")
                 }
                 ServerMessage::Waiting { .. } => bail!("put in the waiting room"),

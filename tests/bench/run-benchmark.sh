@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Side-by-side forwarding benchmark: wardlink vs Janus (Debian's janus 1.1.x), the same
+# load-generator scenarios against each, alternating, on this machine, in one run.
+# Everything stays on 127.0.0.1; every server is started fresh per run (so RSS per
+# participant starts from an idle process) and stopped afterwards.
+#
+# Too slow for CI (the full set takes ~30-60 minutes on 2 cores). Usage:
+#
+#   tests/bench/run-benchmark.sh [--quick] [--duration SECS] [--out DIR]
+#                                [--only "a b c leak"] [--fanout "1 10 50 100 200"]
+#
+#   --quick     scenario c and a small fan-out (1, 10 subscribers), no leak check
+#   --duration  measurement window per run (default 20 s; --quick: 10 s)
+#   --out       where the per-run JSON, logs and summary.md go
+#               (default target/bench/<timestamp>)
+#   --only      subset of scenarios: a (fan-out), b (20 rooms x 4), c (1 room x 10), leak
+#
+# Scenarios:
+#   a  one publisher, N receive-only subscribers (N from --fanout). wardlink caps a room at
+#      max_participants_per_room <= 64 (config.rs), so its runs above 63 subscribers are
+#      skipped and reported as such.
+#   b  20 rooms of 4 participants, everyone publishing and receiving the other three.
+#   c  one room of 10, everyone publishing and receiving the other nine.
+#   leak  1,000 join/publish/subscribe/leave cycles against one wardlink; RSS before/after.
+#
+# Needs: cargo, janus (apt-get install -y janus), a C compiler (for Janus's loopback shim).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+quick=0
+duration=""
+out=""
+only="a b c leak"
+fanout="1 10 50 100 200"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1; only="a c"; fanout="1 10"; shift ;;
+    --duration) duration=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --fanout) fanout=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$duration" ] || { [ "$quick" = 1 ] && duration=10 || duration=20; }
+[ -n "$out" ] || out="$root/target/bench/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+echo "== building (release)"
+(cd "$root" && cargo build --release -p wardlink -p wardlink-load)
+WARDLINK="$root/target/release/wardlink"
+LOAD="$root/target/release/wardlink-load"
+command -v janus >/dev/null || { echo "janus is not installed (apt-get install -y janus)" >&2; exit 1; }
+
+WL_PORT=18443
+WL_MEDIA=18444
+JANUS_PORT=18188
+server_pid=""
+
+free_port() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+stop_server() {
+  [ -n "$server_pid" ] || return 0
+  kill -TERM "$server_pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$server_pid" 2>/dev/null || { server_pid=""; return 0; }
+    sleep 0.1
+  done
+  kill -KILL "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+trap stop_server EXIT
+
+start_wardlink() {
+  local work=$1
+  rm -rf "$work"; mkdir -p "$work"
+  cat >"$work/wardlink.toml" <<EOF
+listen = "127.0.0.1:$WL_PORT"
+media_port = $WL_MEDIA
+media_bind = "127.0.0.1"
+data_dir = "$work/data"
+log_level = "warn"
+max_participants_per_room = 64
+
+[limits]
+# The generator joins everyone from 127.0.0.1.
+joins_per_minute_per_ip = 1000000
+max_conferences = 1000
+EOF
+  for _ in $(seq 1 50); do free_port "$WL_PORT" && break; sleep 0.2; done
+  setsid "$WARDLINK" --config "$work/wardlink.toml" serve </dev/null >"$work/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 200); do
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      echo "wardlink exited during startup:" >&2; tail -20 "$work/server.log" >&2; exit 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$WL_PORT") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "wardlink did not listen on $WL_PORT" >&2; exit 1
+}
+
+start_janus() {
+  local work=$1
+  rm -rf "$work"; mkdir -p "$work"
+  for _ in $(seq 1 50); do free_port "$JANUS_PORT" && break; sleep 0.2; done
+  server_pid=$("$root/tests/bench/janus/start-janus.sh" "$work" "$JANUS_PORT" 20000-29999)
+}
+
+# run_case LABEL TARGET LOAD-ARGS...
+run_case() {
+  local label=$1 target=$2; shift 2
+  local work="$out/work-$label-$target"
+  local args=(--label "$label" --duration "$duration" --json "$out/$label-$target.json")
+  if [ "$target" = wardlink ]; then
+    start_wardlink "$work"
+    args+=(--target wardlink --url "https://127.0.0.1:$WL_PORT" --data-dir "$work/data")
+  else
+    start_janus "$work"
+    args+=(--target janus --url "ws://127.0.0.1:$JANUS_PORT")
+  fi
+  args+=(--server-pid "$server_pid")
+  echo "== $label on $target: $*"
+  # Bounded: setup (120 s max) + warm-up + window + leave, with a margin.
+  if ! timeout $((duration + 300)) "$LOAD" "${args[@]}" "$@" 2>"$work/load.log" | tee "$work/load.txt"; then
+    echo "!! $label on $target failed; see $work/load.log" >&2
+    tail -5 "$work/load.log" >&2 || true
+  fi
+  stop_server
+  sleep 2 # let sockets in TIME_WAIT and the kernel settle between runs
+}
+
+has() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+{
+  echo "# machine"
+  echo "nproc: $(nproc)"
+  grep -m1 'model name' /proc/cpuinfo || true
+  grep MemTotal /proc/meminfo || true
+  uname -srm
+  janus --version 2>/dev/null | head -1 || true
+  echo "wardlink: $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?') $(cd "$root" && git status --porcelain 2>/dev/null | grep -q . && echo '(with uncommitted changes)')"
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "command: $0 --duration $duration --only \"$only\" --fanout \"$fanout\""
+} >"$out/machine.txt"
+cat "$out/machine.txt"
+
+if has c; then
+  for t in wardlink janus; do run_case c-1x10 "$t" --rooms 1 --publishers 10 --subscribers 0; done
+fi
+if has a; then
+  for n in $fanout; do
+    for t in wardlink janus; do
+      if [ "$t" = wardlink ] && [ $((n + 1)) -gt 64 ]; then
+        echo "== a-fanout-$n on wardlink: skipped, $((n + 1)) participants > max_participants_per_room (64)"
+        continue
+      fi
+      run_case "a-fanout-$n" "$t" --rooms 1 --publishers 1 --subscribers "$n" --join-concurrency 16
+    done
+  done
+fi
+if has b; then
+  for t in wardlink janus; do run_case b-20x4 "$t" --rooms 20 --publishers 4 --subscribers 0 --join-concurrency 16; done
+fi
+if has leak; then
+  work="$out/work-leak"
+  start_wardlink "$work"
+  echo "== leak check: 1000 join/leave cycles against wardlink"
+  timeout 1800 "$LOAD" --target wardlink --url "https://127.0.0.1:$WL_PORT" --data-dir "$work/data" \
+    --server-pid "$server_pid" --leak-cycles 1000 --leak-warmup 50 --leak-concurrency 4 \
+    --json "$out/leak-wardlink.json" 2>"$work/load.log" | tee "$work/load.txt" || echo "!! leak check failed" >&2
+  stop_server
+fi
+
+"$LOAD" --summarize "$out" | tee "$out/summary.md"
+echo "results in $out"
