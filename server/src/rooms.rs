@@ -134,6 +134,11 @@ impl Registry {
         }
     }
 
+    /// The media plane's counters and number of live peer connections.
+    pub async fn media_stats(&self) -> Option<(crate::media::sfu::SfuStats, usize)> {
+        self.media.stats().await
+    }
+
     /// Number of live rooms.
     pub fn room_count(&self) -> usize {
         self.lock().live.len()

@@ -11,72 +11,9 @@ use wardlink::media::sfu::{Sfu, SfuConfig};
 use wardlink_signaling::protocol::{MediaKind, PcKind};
 use wardlink_signaling::room::{MediaCommand, MediaEvent, TrackRef};
 
-/// An offer shaped like Chromium's for one audio and one video sendonly track.
-const CHROME_OFFER: &str = "v=0\r\n\
-o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
-s=-\r\n\
-t=0 0\r\n\
-a=group:BUNDLE 0 1\r\n\
-a=extmap-allow-mixed\r\n\
-a=msid-semantic: WMS stream\r\n\
-m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n\
-c=IN IP4 0.0.0.0\r\n\
-a=rtcp:9 IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:Z0nD\r\n\
-a=ice-pwd:cHdoMz0vGXEPUXxl6BkFDbmM\r\n\
-a=ice-options:trickle\r\n\
-a=fingerprint:sha-256 1E:8B:4A:63:40:1C:7B:52:37:DE:80:0F:56:BD:E1:C8:0C:26:23:68:C4:A5:3A:1F:C7:0F:5C:D5:0B:5F:1D:28\r\n\
-a=setup:actpass\r\n\
-a=mid:0\r\n\
-a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
-a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
-a=sendonly\r\n\
-a=msid:stream audiotrack\r\n\
-a=rtcp-mux\r\n\
-a=rtpmap:111 opus/48000/2\r\n\
-a=rtcp-fb:111 transport-cc\r\n\
-a=fmtp:111 minptime=10;useinbandfec=1\r\n\
-a=rtpmap:63 red/48000/2\r\n\
-a=fmtp:63 111/111\r\n\
-a=rtpmap:9 G722/8000\r\n\
-a=rtpmap:0 PCMU/8000\r\n\
-a=rtpmap:8 PCMA/8000\r\n\
-a=rtpmap:13 CN/8000\r\n\
-a=rtpmap:110 telephone-event/48000\r\n\
-a=rtpmap:126 telephone-event/8000\r\n\
-a=ssrc:3735928559 cname:abcd\r\n\
-a=ssrc:3735928559 msid:stream audiotrack\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103\r\n\
-c=IN IP4 0.0.0.0\r\n\
-a=rtcp:9 IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:Z0nD\r\n\
-a=ice-pwd:cHdoMz0vGXEPUXxl6BkFDbmM\r\n\
-a=ice-options:trickle\r\n\
-a=fingerprint:sha-256 1E:8B:4A:63:40:1C:7B:52:37:DE:80:0F:56:BD:E1:C8:0C:26:23:68:C4:A5:3A:1F:C7:0F:5C:D5:0B:5F:1D:28\r\n\
-a=setup:actpass\r\n\
-a=mid:1\r\n\
-a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
-a=sendonly\r\n\
-a=msid:stream videotrack\r\n\
-a=rtcp-mux\r\n\
-a=rtcp-rsize\r\n\
-a=rtpmap:96 VP8/90000\r\n\
-a=rtcp-fb:96 goog-remb\r\n\
-a=rtcp-fb:96 transport-cc\r\n\
-a=rtcp-fb:96 ccm fir\r\n\
-a=rtcp-fb:96 nack\r\n\
-a=rtcp-fb:96 nack pli\r\n\
-a=rtpmap:97 rtx/90000\r\n\
-a=fmtp:97 apt=96\r\n\
-a=rtpmap:102 H264/90000\r\n\
-a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
-a=rtpmap:103 rtx/90000\r\n\
-a=fmtp:103 apt=102\r\n\
-a=ssrc-group:FID 1111 2222\r\n\
-a=ssrc:1111 cname:abcd\r\n\
-a=ssrc:1111 msid:stream videotrack\r\n\
-a=ssrc:2222 cname:abcd\r\n\
-a=ssrc:2222 msid:stream videotrack\r\n";
+/// An offer shaped like Chromium's for one audio and one video sendonly track
+/// (CRLF line endings, kept byte-exact by `.gitattributes`).
+const CHROME_OFFER: &str = include_str!("data/chrome-offer.sdp");
 
 fn sfu() -> Sfu {
     Sfu::new(SfuConfig {
