@@ -4,7 +4,8 @@
 # real Chromium with a fake camera and microphone).
 #
 # On a fresh Debian machine it first installs what is missing: Chromium (plus iproute2 and
-# iptables, used by network tests) through apt, and the e2e test's npm packages (npm ci).
+# iptables, used by network tests) and openssl (the security tests' TLS client) through apt,
+# and the e2e test's npm packages (npm ci).
 # Needs a Rust toolchain and Node.js 20 or newer.
 #
 # Usage: ./tests/run-all.sh
@@ -70,8 +71,10 @@ install_system_packages() {
   local want=()
   [ -x "$chromium" ] || want+=(chromium iproute2 iptables)
   command -v node >/dev/null 2>&1 || want+=(nodejs npm)
+  # OpenSSL's s_client is the independent TLS client of the security tests.
+  command -v openssl >/dev/null 2>&1 || want+=(openssl)
   if [ ${#want[@]} -eq 0 ]; then
-    echo "chromium and node already installed"
+    echo "chromium, node and openssl already installed"
     return 0
   fi
   echo "installing: ${want[*]}"
@@ -123,7 +126,9 @@ step "install missing system packages" install_system_packages
 step "check toolchain (cargo, node >= 20)" check_tools
 step "install e2e npm packages (npm ci)" install_npm_packages
 step "dependency check (no aws-lc)" check_no_aws_lc
-step "cargo test --workspace" cargo test --workspace
+# The security tests skip their openssl s_client half when openssl is missing; here it was
+# installed above, so its absence is a failure.
+step "cargo test --workspace" env WARDLINK_REQUIRE_OPENSSL=1 cargo test --workspace
 step "cargo build -p wardlink" cargo build -p wardlink
 if last_passed; then
   step "browser e2e (node --test tests/e2e/)" node --test --test-concurrency=1 tests/e2e/

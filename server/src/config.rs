@@ -263,9 +263,9 @@ impl Config {
                 self.link_valid_hours
             );
         }
-        if !(2..=64).contains(&self.max_participants_per_room) {
+        if !(2..=500).contains(&self.max_participants_per_room) {
             bail!(
-                "max_participants_per_room must be 2..=64, got {}",
+                "max_participants_per_room must be 2..=500, got {}",
                 self.max_participants_per_room
             );
         }

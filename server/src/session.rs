@@ -355,6 +355,17 @@ pub async fn handle_socket(state: Arc<AppState>, socket: WebSocket, peer: Socket
     drop(tx);
     // Let the writer flush the final error or `bye`, but never hang on a dead client.
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // Finish the close handshake: read until the client's close frame (or EOF). Dropping
+    // the socket with the client's frames unread makes the kernel send a reset, and the
+    // client can lose the `bye` it has not read yet.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

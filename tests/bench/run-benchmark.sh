@@ -113,6 +113,7 @@ run_case() {
   local label=$1 target=$2; shift 2
   local work="$out/work-$label-$target"
   local args=(--label "$label" --duration "$duration" --json "$out/$label-$target.json")
+  wait_quiet
   if [ "$target" = wardlink ]; then
     start_wardlink "$work"
     args+=(--target wardlink --url "https://127.0.0.1:$WL_PORT" --data-dir "$work/data")
@@ -129,6 +130,33 @@ run_case() {
   fi
   stop_server
   sleep 2 # let sockets in TIME_WAIT and the kernel settle between runs
+}
+
+# Busy CPU (cores) of the whole machine over one second, from /proc/stat.
+machine_busy() {
+  local a b
+  a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+  awk -v a="$a" -v b="$b" -v hz="$(getconf CLK_TCK)" 'BEGIN{split(a,x," "); split(b,y," "); printf "%.2f", (y[1]-x[1])/hz}'
+}
+
+# Waits (at most QUIET_WAIT seconds, default 300) until nothing else keeps the machine
+# busy (under 0.25 cores), so a compiler running beside the benchmark does not end up in
+# the numbers. Each report also records the machine's busy time during its window.
+wait_quiet() {
+  local waited=0 busy
+  while :; do
+    busy=$(machine_busy)
+    if awk -v b="$busy" 'BEGIN{exit !(b < 0.25)}'; then return 0; fi
+    if [ "$waited" -ge "${QUIET_WAIT:-300}" ]; then
+      echo "!! machine still busy ($busy cores) after ${waited}s; running anyway" >&2
+      return 0
+    fi
+    [ "$waited" -eq 0 ] && echo "== waiting for the machine to go quiet (busy: $busy cores)"
+    sleep 4
+    waited=$((waited + 5))
+  done
 }
 
 has() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -165,6 +193,7 @@ if has b; then
 fi
 if has leak; then
   work="$out/work-leak"
+  wait_quiet
   start_wardlink "$work"
   echo "== leak check: 1000 join/leave cycles against wardlink"
   timeout 1800 "$LOAD" --target wardlink --url "https://127.0.0.1:$WL_PORT" --data-dir "$work/data" \

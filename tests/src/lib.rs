@@ -6,12 +6,14 @@
 //! - [`synthetic`]: self-describing media payloads, checked byte for byte on arrival;
 //! - [`tokens`]: join-token surgery (forged, tampered, expired) for negative tests;
 //! - [`checks`]: payload integrity, routing and delivery-ratio checks;
-//! - [`tls`]: trust pinned to the server's self-signed certificate.
+//! - [`tls`]: trust pinned to the server's self-signed certificate;
+//! - [`probe`]: raw HTTPS requests, TLS-version handshakes and `openssl s_client`.
 
 #![warn(missing_docs)]
 
 pub mod checks;
 pub mod harness;
+pub mod probe;
 pub mod rtc_client;
 pub mod signal_client;
 pub mod synthetic;

@@ -94,6 +94,11 @@ pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::R
     }
 
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    // One device per invitation for the whole check: a new device would (rightly) send
+    // the invitation through the waiting room.
+    let devices: Vec<String> = (0..cfg.concurrency)
+        .map(|w| format!("leak-worker-{w}-{}", random_device()))
+        .collect();
     let run_phase = |n: u64| {
         let next = Arc::new(AtomicU64::new(0));
         let ok = Arc::new(AtomicU64::new(0));
@@ -104,7 +109,7 @@ pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::R
                 (next.clone(), ok.clone(), failed.clone(), errors.clone());
             let (target, ctx) = (target.clone(), ctx.clone());
             let token = tokens[w + 1].clone();
-            let device = format!("leak-worker-{w}-{}", random_device());
+            let device = devices[w].clone();
             workers.push(tokio::spawn(async move {
                 let rx = Arc::new(Mutex::new(RxStats::default()));
                 while next.fetch_add(1, Ordering::Relaxed) < n {

@@ -194,7 +194,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(path, serde_json::to_vec_pretty(&report)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
-        Ok(())
+        if report.cycles_failed > 0 {
+            Err(anyhow::anyhow!("{} leak-check cycles failed", report.cycles_failed))
+        } else {
+            Ok(())
+        }
     } else {
         let cfg = ScenarioConfig {
             label: cli.label.clone(),

@@ -24,6 +24,31 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) as f64 / tick)
 }
 
+/// CPU time the whole machine has spent busy so far (every core: user, nice, system, irq,
+/// softirq, steal), in seconds. Compared with the server's and the generator's own time
+/// it shows how much else (other processes, kernel networking) ran during a window.
+pub fn machine_busy_seconds() -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| v.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let tick = if tick > 0 { tick as f64 } else { 100.0 };
+    Ok(busy as f64 / tick)
+}
+
 /// Memory figures from `/proc/<pid>/status`, in KiB.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Memory {
@@ -105,6 +130,64 @@ pub fn udp_counters() -> UdpCounters {
     }
 }
 
+/// Datagrams dropped so far by UDP sockets (per-socket `drops` column of /proc/net/udp
+/// and udp6), split into those owned by `pid` and all others: tells whether the server's
+/// or the generator's receive buffers overflowed.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SocketDrops {
+    /// Drops on sockets `pid` holds open.
+    pub server: u64,
+    /// Drops on every other UDP socket (the generator's, mostly).
+    pub others: u64,
+}
+
+impl SocketDrops {
+    /// Increase from `before` (sockets that closed in between are not subtracted, so a
+    /// counter that vanished reads as zero growth, never negative).
+    pub fn since(&self, before: &SocketDrops) -> SocketDrops {
+        SocketDrops {
+            server: self.server.saturating_sub(before.server),
+            others: self.others.saturating_sub(before.others),
+        }
+    }
+}
+
+/// Reads per-socket UDP drop counters, attributing them to `pid` by socket inode.
+pub fn socket_drops(pid: Option<u32>) -> SocketDrops {
+    let mut owned = std::collections::HashSet::new();
+    if let Some(pid) = pid {
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for entry in dir.flatten() {
+                if let Ok(target) = std::fs::read_link(entry.path()) {
+                    let t = target.to_string_lossy();
+                    if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                        owned.insert(inode.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let mut drops = SocketDrops::default();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 13 {
+                continue;
+            }
+            let n: u64 = f[12].parse().unwrap_or(0);
+            if owned.contains(f[9]) {
+                drops.server += n;
+            } else {
+                drops.others += n;
+            }
+        }
+    }
+    drops
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +204,9 @@ mod tests {
         let m = memory(pid).unwrap();
         assert!(m.rss_kib > 0 && m.hwm_kib >= m.rss_kib);
         let _ = udp_counters();
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let d = socket_drops(Some(pid));
+        assert_eq!(d.server, 0);
+        drop(sock);
     }
 }

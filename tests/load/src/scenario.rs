@@ -225,6 +225,12 @@ pub struct Report {
     pub server: ServerMeasure,
     /// Generator CPU seconds per second.
     pub generator_cpu_s_per_s: f64,
+    /// Whole machine busy CPU seconds per second during the window (all cores).
+    pub machine_cpu_s_per_s: f64,
+    /// machine − server − generator: kernel networking plus any other process. A large
+    /// value on an otherwise idle machine is softirq work; a jump means something else
+    /// (a compiler, say) competed for the CPU and the run is not comparable.
+    pub other_cpu_s_per_s: f64,
     /// Generator send lag p99 (schedule vs actual), µs: high means the generator starved.
     pub generator_lag_p99_us: u64,
     /// Writes refused by our own connections.
@@ -233,6 +239,8 @@ pub struct Report {
     pub keyframe_requests: u64,
     /// Kernel UDP counters over the window (whole machine).
     pub udp: procstat::UdpCounters,
+    /// Receive-buffer drops over the window on the server's own sockets vs the others.
+    pub socket_drops: procstat::SocketDrops,
     /// Server `reconnect` instructions.
     pub reconnects: u64,
     /// Participants whose task failed.
@@ -408,7 +416,9 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     let pid = cfg.server_pid;
     let cpu0 = pid.and_then(|p| procstat::cpu_seconds(p).ok());
     let gen0 = procstat::cpu_seconds(std::process::id()).ok();
+    let machine0 = procstat::machine_busy_seconds().ok();
     let udp0 = procstat::udp_counters();
+    let drops0 = procstat::socket_drops(pid);
     let t0 = Instant::now();
     window.open(clock.ns_at(t0));
     let mut rss_max = 0u64;
@@ -424,7 +434,9 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     window.close(clock.ns_at(t1));
     let cpu1 = pid.and_then(|p| procstat::cpu_seconds(p).ok());
     let gen1 = procstat::cpu_seconds(std::process::id()).ok();
+    let machine1 = procstat::machine_busy_seconds().ok();
     let udp = procstat::udp_counters().since(&udp0);
+    let socket_drops = procstat::socket_drops(pid).since(&drops0);
     let window_s = (t1 - t0).as_secs_f64();
     if let Some(m) = pid.and_then(|p| procstat::memory(p).ok()) {
         rss_max = rss_max.max(m.rss_kib);
@@ -536,6 +548,18 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         _ => None,
     };
     let participants = specs.len();
+    let per_s = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => (b - a) / window_s,
+        _ => 0.0,
+    };
+    let generator_cpu = per_s(gen0, gen1);
+    let machine_cpu = per_s(machine0, machine1);
+    // In-process runs measure one process for both roles.
+    let own = if pid == Some(std::process::id()) {
+        generator_cpu
+    } else {
+        generator_cpu + cpu.unwrap_or(0.0)
+    };
     let rss_before = server_mem_before.map(|m| m.rss_kib);
     Ok(Report {
         target: target.name().to_owned(),
@@ -579,14 +603,14 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
                 .filter(|_| participants > 0 && pid.is_some())
                 .map(|b| round(rss_max.saturating_sub(b) as f64 / participants as f64, 1)),
         },
-        generator_cpu_s_per_s: match (gen0, gen1) {
-            (Some(a), Some(b)) => round((b - a) / window_s, 4),
-            _ => 0.0,
-        },
+        generator_cpu_s_per_s: round(generator_cpu, 4),
+        machine_cpu_s_per_s: round(machine_cpu, 4),
+        other_cpu_s_per_s: round(machine_cpu - own, 4),
         generator_lag_p99_us: lag.quantile(0.99),
         send_errors,
         keyframe_requests,
         udp,
+        socket_drops,
         reconnects,
         failed_participants: failed,
         errors,
@@ -661,12 +685,18 @@ pub fn print_table(r: &Report) {
         opt(s.rss_per_participant_kib)
     );
     println!(
-        "  generator cpu {:.2} core, send lag p99 {:.2} ms, send errors {}, keyframe requests {}, kernel UDP rcvbuf drops {}, reconnects {}, failed participants {}",
+        "  machine busy {:.2} cores, of which neither server nor generator {:.2}",
+        r.machine_cpu_s_per_s, r.other_cpu_s_per_s
+    );
+    println!(
+        "  generator cpu {:.2} core, send lag p99 {:.2} ms, send errors {}, keyframe requests {}, kernel UDP rcvbuf drops {} (server sockets {}, others {}), reconnects {}, failed participants {}",
         r.generator_cpu_s_per_s,
         ms(r.generator_lag_p99_us),
         r.send_errors,
         r.keyframe_requests,
         r.udp.rcvbuf_errors,
+        r.socket_drops.server,
+        r.socket_drops.others,
         r.reconnects,
         r.failed_participants
     );

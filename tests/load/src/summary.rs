@@ -83,9 +83,9 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
     writeln!(out, "### Runs\n")?;
     writeln!(
         out,
-        "| scenario | server | participants | streams | fwd pkt/s | fwd Mbit/s | loss % | lat p50 ms | lat p99 ms | lat max ms | server CPU (cores) | CPU ms per Mbit | RSS before MiB | RSS max MiB | RSS per participant KiB | generator CPU | generator lag p99 ms |"
+        "| scenario | server | participants | streams | fwd pkt/s | fwd Mbit/s | loss % | lat p50 ms | lat p99 ms | lat max ms | server CPU (cores) | CPU ms per Mbit | RSS before MiB | RSS max MiB | RSS per participant KiB | generator CPU | generator lag p99 ms | UDP drops server / others | machine busy / other cores |"
     )?;
-    writeln!(out, "|{}", "---|".repeat(17))?;
+    writeln!(out, "|{}", "---|".repeat(19))?;
     for label in &labels {
         for target in ["wardlink", "janus"] {
             let Some(r) = runs.get(&(label.clone(), target.to_owned())) else {
@@ -95,7 +95,7 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
             let mib = |p: &[&str]| f(r, p).map(|v| v / 1024.0);
             writeln!(
                 out,
-                "| {label} | {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {label} | {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
                 fmt(f(r, &["participants"]), 0),
                 fmt(f(r, &["streams_expected"]), 0),
                 fmt(f(r, &["forwarded_pps"]), 0),
@@ -111,6 +111,10 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
                 fmt(f(r, &["server", "rss_per_participant_kib"]), 0),
                 fmt(f(r, &["generator_cpu_s_per_s"]), 2),
                 fmt(ms(&["generator_lag_p99_us"]), 2),
+                fmt(f(r, &["socket_drops", "server"]), 0),
+                fmt(f(r, &["socket_drops", "others"]), 0),
+                fmt(f(r, &["machine_cpu_s_per_s"]), 2),
+                fmt(f(r, &["other_cpu_s_per_s"]), 2),
             )?;
         }
     }

@@ -227,7 +227,11 @@ pub async fn run_participant(
                         break if leaving.is_some() { Ok(()) } else { Err(anyhow!("server closed the WebSocket")) };
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => break Err(anyhow!("WebSocket: {e}")),
+                    Some(Err(e)) => break Err(if leaving.is_some() {
+                        anyhow!("WebSocket failed after leave, before bye: {e}")
+                    } else {
+                        anyhow!("WebSocket: {e}")
+                    }),
                 };
                 let msg: ServerMessage = match serde_json::from_str(text.as_str()) {
                     Ok(m) => m,
