@@ -215,7 +215,7 @@ fn init_tracing(filter: &str) -> anyhow::Result<()> {
     let filter = if filter.contains("rtc") {
         filter.to_string()
     } else {
-        format!("{filter},rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn")
+        format!("{filter},rtc=error,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn")
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .with_context(|| format!("invalid log level {filter:?}"))?;
