@@ -79,7 +79,8 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 async fn connect(addr: SocketAddr) -> Ws {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -108,11 +109,10 @@ async fn send(ws: &mut Ws, message: Value) {
 async fn next_of(ws: &mut Ws, kind: &str) -> Value {
     tokio::time::timeout(WAIT, async {
         loop {
-            let frame = ws
-                .next()
-                .await
-                .unwrap_or_else(|| panic!("closed while waiting for {kind}"))
-                .unwrap();
+            let Some(frame) = ws.next().await else {
+                panic!("closed while waiting for {kind}");
+            };
+            let frame = frame.unwrap();
             let Ok(text) = frame.to_text() else { continue };
             let Ok(value) = serde_json::from_str::<Value>(text) else {
                 continue;
@@ -392,9 +392,17 @@ async fn audit_cli_verifies_exports_and_detects_tampering() {
             break;
         }
     }
-    send(&mut host, json!({ "type": "admit", "participant_id": cm_id })).await;
+    send(
+        &mut host,
+        json!({ "type": "admit", "participant_id": cm_id }),
+    )
+    .await;
     next_of(&mut cm, "joined").await;
-    send(&mut host, json!({ "type": "deny", "participant_id": sv_id })).await;
+    send(
+        &mut host,
+        json!({ "type": "deny", "participant_id": sv_id }),
+    )
+    .await;
     assert_eq!(next_of(&mut sv, "bye").await["reason"], "denied");
     send(&mut cm, json!({ "type": "leave" })).await;
     assert_eq!(next_of(&mut cm, "bye").await["reason"], "left");
@@ -505,7 +513,11 @@ async fn audit_cli_verifies_exports_and_detects_tampering() {
     }
 
     // ---- tampering, each on its own copy of the untouched files.
-    let admit = original.iter().find(|r| r.action == "admit").unwrap().clone();
+    let admit = original
+        .iter()
+        .find(|r| r.action == "admit")
+        .unwrap()
+        .clone();
     let last = original.last().unwrap().clone();
 
     // (b) A middle entry deleted (the delete trigger dropped first).

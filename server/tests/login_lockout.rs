@@ -160,7 +160,10 @@ fn wrong_code(secret: &str) -> String {
 
 /// Enrols TOTP for `username` through the API and signs out again; returns the secret.
 async fn enrol(browser: &Browser, username: &str) -> String {
-    assert_eq!(browser.login(username, PASSWORD).await.body["stage"], "enroll");
+    assert_eq!(
+        browser.login(username, PASSWORD).await.body["stage"],
+        "enroll"
+    );
     let r = browser.post("/api/totp/enroll", json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let secret = r.body["secret"].as_str().unwrap().to_owned();
@@ -169,7 +172,10 @@ async fn enrol(browser: &Browser, username: &str) -> String {
         .post("/api/totp/confirm", json!({ "code": code }))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    assert_eq!(browser.post("/api/logout", json!({})).await.status, StatusCode::OK);
+    assert_eq!(
+        browser.post("/api/logout", json!({})).await.status,
+        StatusCode::OK
+    );
     secret
 }
 
@@ -182,7 +188,10 @@ async fn guessing_totp_codes_locks_the_account() {
     let secret = enrol(&browser, "yamada").await;
 
     // The password is right; the second factor is guessed.
-    assert_eq!(browser.login("yamada", PASSWORD).await.body["stage"], "totp");
+    assert_eq!(
+        browser.login("yamada", PASSWORD).await.body["stage"],
+        "totp"
+    );
     for attempt in 1..=4 {
         let r = browser
             .post("/api/login/totp", json!({ "code": wrong_code(&secret) }))
@@ -204,7 +213,10 @@ async fn guessing_totp_codes_locks_the_account() {
         r.body
     );
     let message = r.body["message"].as_str().unwrap();
-    assert!(message.contains("locked") && message.contains("15 minutes"), "{message}");
+    assert!(
+        message.contains("locked") && message.contains("15 minutes"),
+        "{message}"
+    );
     assert!(r.headers.contains_key("retry-after"));
 
     // Locked: the half-open session is gone, so not even the right code can be tried on it,
@@ -217,7 +229,9 @@ async fn guessing_totp_codes_locks_the_account() {
         .unwrap();
     assert_eq!(sessions, 0, "a locked account kept a session");
     let code = wardlink::totp::code_at_step(&secret, step_now()).unwrap();
-    let r = browser.post("/api/login/totp", json!({ "code": code })).await;
+    let r = browser
+        .post("/api/login/totp", json!({ "code": code }))
+        .await;
     assert_eq!(
         (r.status, r.code()),
         (StatusCode::UNAUTHORIZED, "not_authenticated")
@@ -277,7 +291,10 @@ async fn failures_across_many_names_block_the_address() {
     assert!(r.headers.contains_key("retry-after"));
     // Now even the right password of a real account is refused from this address.
     let r = browser.login("kato", PASSWORD).await;
-    assert_eq!((r.status, r.code()), (StatusCode::TOO_MANY_REQUESTS, "ip_blocked"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "ip_blocked")
+    );
     assert!(r.headers.get("set-cookie").is_none());
 
     let rows = audit_rows(&server);

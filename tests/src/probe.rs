@@ -67,7 +67,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -76,7 +81,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -270,7 +280,8 @@ mod tests {
 
     #[test]
     fn parses_a_response_and_finds_headers_case_insensitively() {
-        let raw = b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nX-A: 1\r\n\r\n{}";
+        let raw =
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nX-A: 1\r\n\r\n{}";
         let r = parse_response(raw).unwrap();
         assert_eq!(r.status, 401);
         assert_eq!(r.header("content-type"), Some("application/json"));
