@@ -197,12 +197,13 @@ async fn websocket(
     uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let public_url = state.config.public_url.clone();
+    let config = state.config.clone();
     accept_websocket(
         ws,
         &headers,
         &uri,
-        public_url.as_deref(),
+        config.public_url.as_deref(),
+        &config.security.allowed_origins,
         peer,
         move |socket| crate::session::handle_socket(state, socket, peer),
     )
@@ -214,6 +215,7 @@ fn accept_websocket<F, Fut>(
     headers: &HeaderMap,
     uri: &Uri,
     public_url: Option<&str>,
+    allowed_origins: &[String],
     peer: SocketAddr,
     session: F,
 ) -> Response
@@ -221,7 +223,12 @@ where
     F: FnOnce(WebSocket) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    if !origin_allowed(headers, request_host(headers, uri), public_url) {
+    if !origin_allowed(
+        headers,
+        request_host(headers, uri),
+        public_url,
+        allowed_origins,
+    ) {
         tracing::warn!(%peer, origin = ?headers.get(header::ORIGIN), "refused cross-origin WebSocket");
         return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused").into_response();
     }
@@ -241,7 +248,12 @@ pub(crate) fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&
 /// Browsers always send `Origin` on WebSocket handshakes; a page from another site must not be
 /// able to drive a session (tokens are bearer credentials, so this is defence in depth).
 /// Clients without `Origin` (tests, native tools) are not browsers and are allowed.
-pub fn origin_allowed(headers: &HeaderMap, host: Option<&str>, public_url: Option<&str>) -> bool {
+pub fn origin_allowed(
+    headers: &HeaderMap,
+    host: Option<&str>,
+    public_url: Option<&str>,
+    allowed_origins: &[String],
+) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
@@ -256,6 +268,9 @@ pub fn origin_allowed(headers: &HeaderMap, host: Option<&str>, public_url: Optio
     public_url
         .and_then(|u| url::Url::parse(u).ok())
         .is_some_and(|u| origin.eq_ignore_ascii_case(&u.origin().ascii_serialization()))
+        || allowed_origins
+            .iter()
+            .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
 /// Adds the headers that depend on the requested host: HSTS (not for IP literals or
@@ -332,27 +347,44 @@ mod tests {
     #[test]
     fn origin_check() {
         let none = headers(&[]);
-        assert!(origin_allowed(&none, Some("127.0.0.1:8443"), None));
+        assert!(origin_allowed(&none, Some("127.0.0.1:8443"), None, &[]));
         let same = headers(&[("origin", "https://127.0.0.1:8443")]);
-        assert!(origin_allowed(&same, Some("127.0.0.1:8443"), None));
-        assert!(!origin_allowed(&same, Some("127.0.0.1:9443"), None));
-        assert!(!origin_allowed(&same, None, None));
+        assert!(origin_allowed(&same, Some("127.0.0.1:8443"), None, &[]));
+        assert!(!origin_allowed(&same, Some("127.0.0.1:9443"), None, &[]));
+        assert!(!origin_allowed(&same, None, None, &[]));
         let http = headers(&[("origin", "http://127.0.0.1:8443")]);
-        assert!(!origin_allowed(&http, Some("127.0.0.1:8443"), None));
+        assert!(!origin_allowed(&http, Some("127.0.0.1:8443"), None, &[]));
         let evil = headers(&[("origin", "https://evil.example")]);
         assert!(!origin_allowed(
             &evil,
             Some("conf.example.jp"),
-            Some("https://conf.example.jp")
+            Some("https://conf.example.jp"),
+            &[]
         ));
         let null = headers(&[("origin", "null")]);
-        assert!(!origin_allowed(&null, Some("conf.example.jp"), None));
+        assert!(!origin_allowed(&null, Some("conf.example.jp"), None, &[]));
         // Behind a proxy that rewrites Host, the configured public URL still matches.
         let proxied = headers(&[("origin", "https://conf.example.jp")]);
         assert!(origin_allowed(
             &proxied,
             Some("10.0.0.2:8443"),
-            Some("https://conf.example.jp/")
+            Some("https://conf.example.jp/"),
+            &[]
+        ));
+        // An origin listed in `security.allowed_origins` is accepted, others still are not.
+        let listed = vec!["https://second-name.example.jp/".to_string()];
+        let second = headers(&[("origin", "https://second-name.example.jp")]);
+        assert!(origin_allowed(
+            &second,
+            Some("conf.example.jp"),
+            None,
+            &listed
+        ));
+        assert!(!origin_allowed(
+            &evil,
+            Some("conf.example.jp"),
+            None,
+            &listed
         ));
     }
 
@@ -448,6 +480,7 @@ pub(crate) mod live_tests {
             &headers,
             &uri,
             Some("https://conf.example.jp"),
+            &["https://proxy.example.jp".to_string()],
             peer,
             move |mut socket| async move {
                 let _ = socket

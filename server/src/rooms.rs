@@ -307,15 +307,19 @@ async fn run_room(
                         registry.lock().ended.insert(room_id.clone());
                         let store = registry.store.clone();
                         let id = room_id.clone();
-                        tokio::task::spawn_blocking(move || {
-                            if let Err(e) = crate::conferences::mark_ended(
+                        // Awaited, so the conference is ended in the store before anyone
+                        // hears `bye`: a rejoin right after is refused by the database too.
+                        let marked = tokio::task::spawn_blocking(move || {
+                            crate::conferences::mark_ended(
                                 &store.lock(),
                                 &id,
                                 crate::store::now_ms(),
-                            ) {
-                                tracing::error!(%e, "could not mark the conference ended");
-                            }
-                        });
+                            )
+                        })
+                        .await;
+                        if !matches!(marked, Ok(Ok(_))) {
+                            tracing::error!(room = %room_id, "could not mark the conference ended in the store");
+                        }
                     }
                     Output::Empty => {}
                 }

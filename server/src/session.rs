@@ -84,6 +84,21 @@ impl MessageBudget {
     pub fn exhausted(&self) -> bool {
         self.refused >= MAX_REFUSED_IN_A_ROW
     }
+
+    /// Refusals in a row so far.
+    pub fn refused(&self) -> u32 {
+        self.refused
+    }
+}
+
+/// Refusals answered in a row before the session stops answering each one (a flood must
+/// not fill the queue with replies and crowd out the final error).
+const ANSWERED_REFUSALS: u32 = 5;
+
+/// Queues a fatal error, waiting briefly for room: unlike ordinary replies it must not be
+/// lost to a queue a flood has filled.
+async fn send_fatal(tx: &mpsc::Sender<Outbound>, code: ErrorCode, message: impl Into<String>) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(error(code, message, true))).await;
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, fatal: bool) -> Outbound {
@@ -190,6 +205,7 @@ async fn join(
             tracing::error!(%e, "audit record failed");
         }
     }
+    let room = claims.room.clone();
     state
         .rooms
         .join(
@@ -212,7 +228,7 @@ async fn join(
                 }
                 _ => "the conference could not be joined",
             };
-            (code, message.to_string())
+            refuse(code, message.to_string(), Some(room))
         })
 }
 
@@ -254,11 +270,12 @@ pub async fn handle_socket(state: Arc<AppState>, socket: WebSocket, peer: Socket
             Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(_))) | Ok(None) => break,
             Err(_) => {
-                let _ = tx.try_send(error(
+                send_fatal(
+                    &tx,
                     ErrorCode::IdleTimeout,
                     "no message within the idle limit",
-                    true,
-                ));
+                )
+                .await;
                 break;
             }
         };
@@ -278,18 +295,21 @@ pub async fn handle_socket(state: Arc<AppState>, socket: WebSocket, peer: Socket
         };
         if !budget.take(Instant::now()) {
             if budget.exhausted() {
-                let _ = tx.try_send(error(
+                send_fatal(
+                    &tx,
                     ErrorCode::RateLimited,
                     "too many messages; disconnecting",
-                    true,
-                ));
+                )
+                .await;
                 break;
             }
-            let _ = tx.try_send(error(
-                ErrorCode::RateLimited,
-                "too many messages; this one was dropped",
-                false,
-            ));
+            if budget.refused() <= ANSWERED_REFUSALS {
+                let _ = tx.try_send(error(
+                    ErrorCode::RateLimited,
+                    "too many messages; this one was dropped",
+                    false,
+                ));
+            }
             continue;
         }
         let message = match parse_client_message(text.as_str(), limits.max_message_bytes) {
@@ -311,11 +331,12 @@ pub async fn handle_socket(state: Arc<AppState>, socket: WebSocket, peer: Socket
                 },
             ) => {
                 if protocol != PROTOCOL_VERSION {
-                    let _ = tx.try_send(error(
+                    send_fatal(
+                        &tx,
                         ErrorCode::UnsupportedProtocol,
                         format!("this server speaks protocol {PROTOCOL_VERSION}"),
-                        true,
-                    ));
+                    )
+                    .await;
                     break;
                 }
                 match join(&state, peer.ip(), token, display_name, device, &tx).await {
@@ -325,7 +346,7 @@ pub async fn handle_socket(state: Arc<AppState>, socket: WebSocket, peer: Socket
                         let _ = tx.try_send(error(ErrorCode::InvalidField, message, false));
                     }
                     Err((code, message)) => {
-                        let _ = tx.try_send(error(code, message, true));
+                        send_fatal(&tx, code, message).await;
                         break;
                     }
                 }

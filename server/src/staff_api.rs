@@ -262,17 +262,16 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
 /// `security.allowed_origins`). A missing `Origin` is refused: browsers always send it on
 /// `POST`, so only a non-browser client omits it, and those can add it.
 fn same_origin(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    if headers.get(header::ORIGIN).is_none() {
         return false;
-    };
+    }
     let host = crate::http::request_host(headers, uri);
-    crate::http::origin_allowed(headers, host, state.config.public_url.as_deref())
-        || state
-            .config
-            .security
-            .allowed_origins
-            .iter()
-            .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    crate::http::origin_allowed(
+        headers,
+        host,
+        state.config.public_url.as_deref(),
+        &state.config.security.allowed_origins,
+    )
 }
 
 /// `Set-Cookie` for a new session value.

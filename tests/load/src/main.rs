@@ -195,7 +195,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         if report.cycles_failed > 0 {
-            Err(anyhow::anyhow!("{} leak-check cycles failed", report.cycles_failed))
+            Err(anyhow::anyhow!(
+                "{} leak-check cycles failed",
+                report.cycles_failed
+            ))
         } else {
             Ok(())
         }

@@ -492,9 +492,11 @@ fn send_due(pc: &mut RTCPeerConnection, s: &mut Sender, clock: &Clock, window: &
     while s.next_audio <= now && budget > 0 {
         budget -= 1;
         let lag = now.saturating_duration_since(s.next_audio);
-        lock(&s.counters.lag_us).record(lag.as_micros() as u64);
         let seq = s.counters.next(StreamKind::Audio);
         let send_ns = clock.now_ns();
+        if window.contains(send_ns) {
+            lock(&s.counters.lag_us).record(lag.as_micros() as u64);
+        }
         let info = RecordInfo {
             kind: StreamKind::Audio,
             layer: 0,
@@ -528,7 +530,9 @@ fn send_due(pc: &mut RTCPeerConnection, s: &mut Sender, clock: &Clock, window: &
     while s.next_video <= now && budget > 0 {
         budget -= 1;
         let lag = now.saturating_duration_since(s.next_video);
-        lock(&s.counters.lag_us).record(lag.as_micros() as u64);
+        if window.contains(clock.now_ns()) {
+            lock(&s.counters.lag_us).record(lag.as_micros() as u64);
+        }
         let periodic = s.frame % s.plan.keyframe_every == 0;
         let requested = s.keyframe_wanted && now >= s.last_keyframe + Duration::from_secs(1);
         let keyframe = periodic || requested;

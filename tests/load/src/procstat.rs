@@ -160,7 +160,9 @@ pub fn socket_drops(pid: Option<u32>) -> SocketDrops {
             for entry in dir.flatten() {
                 if let Ok(target) = std::fs::read_link(entry.path()) {
                     let t = target.to_string_lossy();
-                    if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    if let Some(inode) =
+                        t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']'))
+                    {
                         owned.insert(inode.to_owned());
                     }
                 }
