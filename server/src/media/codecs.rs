@@ -4,7 +4,10 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
 };
@@ -106,12 +109,27 @@ pub fn media_engine() -> Result<MediaEngine, Error> {
     Ok(me)
 }
 
-/// The interceptor chain: `rtc`'s defaults (NACK generator and responder, RTCP sender and
-/// receiver reports, TWCC feedback to publishers) plus [`KeyframeRequestTap`].
+/// Packets kept per forwarded video stream to answer NACKs from. A retransmission is only
+/// useful within about one round trip; 256 packets is over 2 s at 1.2 Mbit/s and about
+/// 1 s at 2.5 Mbit/s, while `rtc`'s default of 1024 cost ~1 MB per subscriber leg.
+pub const NACK_HISTORY: u16 = 256;
+
+/// The interceptor chain: what `rtc`'s defaults register (NACK generator and responder,
+/// RTCP sender and receiver reports, TWCC feedback to publishers, simulcast header
+/// extensions) with a shorter NACK history, plus [`KeyframeRequestTap`]. The media engine
+/// already carries the `nack` / `nack pli` feedback for every video codec.
 pub fn interceptors(me: &mut MediaEngine) -> Result<Registry, Error> {
-    // Application-ward of the defaults, so they have seen the packet first.
-    let registry = Registry::new().with(Slot::from(14_000), KeyframeRequestTap::default());
-    register_default_interceptors(registry, me)
+    let registry = Registry::new()
+        // Application-ward of the others, so they have seen the packet first.
+        .with(Slot::from(14_000), KeyframeRequestTap::default())
+        .with(
+            Slot::NackResponder,
+            NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
+        )
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+    configure_simulcast_extension_headers(me)?;
+    let registry = configure_twcc_receiver_only(registry, me)?;
+    Ok(configure_rtcp_reports(registry))
 }
 
 /// Lets a subscriber's PLI and FIR through to the application, which forwards them to the
