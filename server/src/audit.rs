@@ -221,6 +221,34 @@ pub enum ExportFormat {
 #[derive(Clone)]
 pub struct Audit {
     inner: Arc<Inner>,
+    /// The ordered background writer (see [`Audit::record_queued`]).
+    queue: std::sync::mpsc::Sender<QueueJob>,
+}
+
+/// Work for the background writer thread.
+enum QueueJob {
+    /// An event, with the time it happened (taken when queued, not when written).
+    Record(AuditEvent, i64),
+    /// Answer once everything queued before has been written.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Runs queued appends in order on a thread of their own, so that the SQLite write and its
+/// fsyncs never block an async runtime thread. Ends when every [`Audit`] handle is gone.
+fn run_writer(audit: Audit, jobs: std::sync::mpsc::Receiver<QueueJob>) {
+    while let Ok(job) = jobs.recv() {
+        match job {
+            QueueJob::Record(event, ts_ms) => {
+                if let Err(e) = audit.append(event, ts_ms) {
+                    // Never silently: an operator must see that auditing failed.
+                    tracing::error!(%e, "audit record failed");
+                }
+            }
+            QueueJob::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -263,7 +291,10 @@ impl Audit {
             })
             .context("cannot read the audit log")?;
         let key = load_or_create_key(data_dir, count)?;
-        let audit = Audit {
+        // The writer thread's own handle gets a sender nobody listens to, so that it holds
+        // no sender of its own queue: the thread ends when the last public handle drops.
+        let (unused, _) = std::sync::mpsc::channel();
+        let writer = Audit {
             inner: Arc::new(Inner {
                 store,
                 key,
@@ -271,7 +302,17 @@ impl Audit {
                 redact_peer,
                 append: Mutex::new(()),
             }),
+            queue: unused,
         };
+        let (queue, jobs) = std::sync::mpsc::channel();
+        let audit = Audit {
+            inner: writer.inner.clone(),
+            queue,
+        };
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || run_writer(writer, jobs))
+            .context("cannot start the audit writer thread")?;
         if newest.is_none() && matches!(audit.read_anchor(), AnchorState::Missing) {
             audit.write_anchor(0, GENESIS_HASH)?;
         }
@@ -283,6 +324,31 @@ impl Audit {
     /// Blocks on SQLite (and an fsync); async code should prefer [`Audit::record_async`].
     pub fn record(&self, event: AuditEvent) -> anyhow::Result<()> {
         self.append(event, crate::store::now_ms())
+    }
+
+    /// Queues an event for the ordered background writer and returns at once: for async
+    /// code (room tasks, sessions) that must not stall on the write and its fsyncs. The
+    /// timestamp is taken now. Readers ([`Audit::entries`], [`Audit::verify`],
+    /// [`Audit::export`]) wait for the queue first, so they never miss a queued event;
+    /// a failed write is logged at error level.
+    pub fn record_queued(&self, event: AuditEvent) {
+        let now = crate::store::now_ms();
+        if let Err(std::sync::mpsc::SendError(QueueJob::Record(event, ts_ms))) =
+            self.queue.send(QueueJob::Record(event, now))
+        {
+            // No writer (cannot happen while a handle lives); write in place rather than lose it.
+            if let Err(e) = self.append(event, ts_ms) {
+                tracing::error!(%e, "audit record failed");
+            }
+        }
+    }
+
+    /// Waits (at most 10 s) until every event queued before this call is written.
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if self.queue.send(QueueJob::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(10));
+        }
     }
 
     /// [`Audit::record`] on tokio's blocking pool.
@@ -491,6 +557,7 @@ impl Audit {
     pub fn verify(&self) -> anyhow::Result<VerifyReport> {
         // Read the anchor before the rows: the anchor only moves after a commit, so a
         // concurrent append can make the rows newer than the anchor, never older.
+        self.flush();
         let anchor = self.read_anchor();
         let conn = self.inner.store.lock();
         let mut stmt = conn.prepare(
@@ -603,6 +670,7 @@ impl Audit {
         format: ExportFormat,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
+        self.flush();
         let conn = self.inner.store.lock();
         let mut stmt = conn.prepare(
             "SELECT seq, ts_ms, actor, action, conference, peer, detail, prev_hash, hash, mac \
@@ -667,6 +735,7 @@ impl Audit {
         from_ms: Option<i64>,
         to_ms: Option<i64>,
     ) -> anyhow::Result<Vec<AuditEntry>> {
+        self.flush();
         let conn = self.inner.store.lock();
         let mut stmt = conn.prepare(
             "SELECT seq, ts_ms, actor, action, conference, peer, detail, prev_hash, hash, mac \

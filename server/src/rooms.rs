@@ -193,10 +193,8 @@ impl Registry {
     }
 
     fn audit(&self, event: AuditEvent) {
-        if let Err(e) = self.audit.record(event) {
-            // Never silently: an operator must see that auditing failed.
-            tracing::error!(%e, "audit record failed");
-        }
+        // Queued: the room task must not stall on the write and its fsyncs.
+        self.audit.record_queued(event);
     }
 
     fn spawn_room(&self, claims: &JoinClaims) -> mpsc::UnboundedSender<RoomRequest> {
@@ -277,6 +275,10 @@ async fn run_room(
                     Output::Media(command) => {
                         if let MediaCommand::Remove { participant } = &command {
                             sessions.remove(participant);
+                            // Its `leave` is already recorded (the room audits before it
+                            // removes), so the identity can go: a long-lived room must not
+                            // grow with every join.
+                            identities.remove(participant);
                             tracing::info!(room = %room_id, participant = %participant, "leave");
                         }
                         registry.media.command(command);

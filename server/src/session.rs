@@ -127,15 +127,13 @@ async fn join(
     tx: &mpsc::Sender<Outbound>,
 ) -> Result<Membership, (ErrorCode, String)> {
     let refuse = |code: ErrorCode, message: String, conference: Option<String>| {
-        if let Err(e) = state.audit.record(AuditEvent {
+        state.audit.record_queued(AuditEvent {
             actor: "anonymous".into(),
             action: "token_rejected",
             conference,
             peer: Some(peer),
             detail: serde_json::json!({ "code": code.as_str() }),
-        }) {
-            tracing::error!(%e, "audit record failed");
-        }
+        });
         // The token itself is never logged.
         tracing::warn!(%peer, %code, "join refused: {message}");
         (code, message)
@@ -190,7 +188,7 @@ async fn join(
             .map_err(|e| refuse(e.code(), e.to_string(), Some(claims.room.clone())))?
     };
     if check.first_use || check.second_device {
-        let recorded = state.audit.record(AuditEvent {
+        state.audit.record_queued(AuditEvent {
             actor: format!("invitation:{}", claims.jti),
             action: "invitation_used",
             conference: Some(claims.room.clone()),
@@ -201,9 +199,6 @@ async fn join(
                 "second_device": check.second_device,
             }),
         });
-        if let Err(e) = recorded {
-            tracing::error!(%e, "audit record failed");
-        }
     }
     let room = claims.room.clone();
     state

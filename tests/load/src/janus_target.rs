@@ -241,8 +241,7 @@ pub async fn run_participant(
         let answer = jsep_sdp(&r, "answer")?;
         tracing::debug!(%offer, %answer, "janus publish negotiation");
         peer.apply_answer(answer)?;
-        conn.trickle(session, handle, &peer.candidate().to_owned())
-            .await?;
+        conn.trickle(session, handle, peer.candidate()).await?;
         let h = peer.spawn(
             Role::Publisher {
                 index,
@@ -297,8 +296,7 @@ pub async fn run_participant(
             Some(json!({"type": "answer", "sdp": answer})),
         )
         .await?;
-        conn.trickle(session, handle, &peer.candidate().to_owned())
-            .await?;
+        conn.trickle(session, handle, peer.candidate()).await?;
         subscribe = Some((
             handle,
             peer.spawn(Role::Subscriber { rx }, ctx.clock, ctx.window.clone()),

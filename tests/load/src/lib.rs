@@ -29,7 +29,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 /// A wardlink server started inside this process on loopback, with limits raised for
-/// load (joins per minute, participants per room at the configured maximum).
+/// load (joins per minute; participants per room at the most config.rs accepts).
 pub struct InProcessWardlink {
     /// The running server (shut it down with [`InProcessWardlink::shutdown`]).
     pub server: wardlink::server::RunningServer,
@@ -53,7 +53,7 @@ impl InProcessWardlink {
             media_bind: loopback,
             data_dir: data_dir.clone(),
             log_level: "warn".to_owned(),
-            max_participants_per_room: 64,
+            max_participants_per_room: 500,
             ..Default::default()
         };
         config.limits.joins_per_minute_per_ip = 1_000_000;

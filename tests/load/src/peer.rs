@@ -442,6 +442,7 @@ struct Sender {
     audio_ts: u32,
     video_ts: u32,
     frame: u32,
+    keyframe_phase: u32,
     next_audio: Instant,
     next_video: Instant,
     keyframe_wanted: bool,
@@ -533,7 +534,10 @@ fn send_due(pc: &mut RTCPeerConnection, s: &mut Sender, clock: &Clock, window: &
         if window.contains(clock.now_ns()) {
             lock(&s.counters.lag_us).record(lag.as_micros() as u64);
         }
-        let periodic = s.frame % s.plan.keyframe_every == 0;
+        // The first frame is a keyframe; after that each publisher keeps its own phase, so
+        // publishers that joined together do not send their keyframes in the same instant.
+        let periodic = s.frame == 0
+            || (s.frame + s.keyframe_phase).is_multiple_of(s.plan.keyframe_every.max(1));
         let requested = s.keyframe_wanted && now >= s.last_keyframe + Duration::from_secs(1);
         let keyframe = periodic || requested;
         if keyframe {
@@ -652,6 +656,7 @@ async fn run(
                         audio_ts: rand::random(),
                         video_ts: rand::random(),
                         frame: 0,
+                        keyframe_phase: rand::random::<u32>() % plan.keyframe_every.max(1),
                         next_audio: far,
                         next_video: far,
                         keyframe_wanted: false,
@@ -695,10 +700,8 @@ async fn run(
         }
         while let Some(TaggedRTCMessage { message, .. }) = pc.poll_read() {
             match message {
-                RTCMessage::RtpPacket(_, packet) => {
-                    if rx.is_some() {
-                        batch.push_back((clock.now_ns(), packet.payload));
-                    }
+                RTCMessage::RtpPacket(_, packet) if rx.is_some() => {
+                    batch.push_back((clock.now_ns(), packet.payload));
                 }
                 RTCMessage::RtcpPacket(_, packets) => {
                     if let Some(s) = sender.as_mut() {

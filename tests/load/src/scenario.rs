@@ -249,6 +249,9 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
+/// Starts one participant's task against the target.
+type Launcher = Box<dyn Fn(Arc<ParticipantSpec>) -> JoinHandle<anyhow::Result<()>>>;
+
 /// Runs one scenario against `target`.
 pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> {
     let clock = Clock::new();
@@ -297,8 +300,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
 
     // Per-room credentials.
     let setup_started = Instant::now();
-    let mut launchers: Vec<Box<dyn Fn(Arc<ParticipantSpec>) -> JoinHandle<anyhow::Result<()>>>> =
-        Vec::new();
+    let mut launchers: Vec<Launcher> = Vec::new();
     match &target {
         Target::Wardlink(w) => {
             let mut tokens = Vec::new();
