@@ -33,6 +33,18 @@ impl PublisherInfo {
     }
 }
 
+/// Stops every publisher in `people` and, once their sending tasks have settled, snapshots
+/// what each sent. A sending task that passed its on/off check just before the flag flipped
+/// still records and sends one more packet; snapshotting before that would make the packet
+/// look "never sent" to [`verify_received_payloads`].
+pub async fn stop_and_snapshot(people: &[&Participant]) -> Vec<PublisherInfo> {
+    for p in people {
+        p.set_sending(false);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    people.iter().map(|p| PublisherInfo::of(p)).collect()
+}
+
 /// Checks every payload `receiver` got: it must come from a known publisher other than the
 /// receiver, carry that publisher's tag and the stream's kind, and equal byte for byte the
 /// payload the publisher sent under that sequence number. Returns the problems found.

@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Context};
 use wardlink_signaling::protocol::{ClientMessage, ServerMessage, MAX_MESSAGE_BYTES};
 use wardlink_signaling::{ErrorCode, Role, PROTOCOL_VERSION};
 use wardlink_tests::checks::{
-    counts, verify_received_payloads, wait_growth, wait_receiving, PublisherInfo,
+    counts, stop_and_snapshot, verify_received_payloads, wait_growth, wait_receiving, PublisherInfo,
 };
 use wardlink_tests::harness::{token_for, TestServer};
 use wardlink_tests::rtc_client::{Participant, ParticipantOptions};
@@ -340,10 +340,7 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         wait_receiving(p, &others, 10, 5, Duration::from_secs(30)).await?;
     }
 
-    for p in everyone {
-        p.set_sending(false);
-    }
-    let publishers: Vec<PublisherInfo> = everyone.iter().map(|p| PublisherInfo::of(p)).collect();
+    let publishers: Vec<PublisherInfo> = stop_and_snapshot(&everyone).await;
     let mut problems = Vec::new();
     for p in everyone {
         problems.extend(verify_received_payloads(p, &publishers));

@@ -18,7 +18,7 @@ use wardlink::links::{RoleLink, RoomLinks};
 use wardlink_signaling::protocol::{ClientMessage, ServerMessage, WaitingEntry};
 use wardlink_signaling::{ErrorCode, MediaKind, Role, PROTOCOL_VERSION};
 use wardlink_tests::checks::{
-    counts, verify_received_payloads, wait_growth, wait_receiving, PublisherInfo,
+    counts, stop_and_snapshot, verify_received_payloads, wait_growth, wait_receiving, PublisherInfo,
 };
 use wardlink_tests::harness::{token_for, TestServer};
 use wardlink_tests::probe;
@@ -1086,7 +1086,7 @@ async fn access_control_is_enforced_while_a_conference_runs() -> anyhow::Result<
     surveyor
         .wait_until(WAIT, "bye denied", |o| o.bye.as_deref() == Some("denied"))
         .await?;
-    let publishers: Vec<PublisherInfo> = pair.iter().map(|p| PublisherInfo::of(p)).collect();
+    let publishers: Vec<PublisherInfo> = stop_and_snapshot(&pair).await;
     let mut problems = Vec::new();
     for p in pair {
         problems.extend(verify_received_payloads(p, &publishers));

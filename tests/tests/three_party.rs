@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use wardlink_signaling::{MediaKind, Role};
 use wardlink_tests::checks::{
-    received_seqs, sent_in, verify_received_payloads, wait_receiving, PublisherInfo,
+    received_seqs, sent_in, stop_and_snapshot, verify_received_payloads, wait_receiving,
+    PublisherInfo,
 };
 use wardlink_tests::harness::{token_for, TestServer};
 use wardlink_tests::rtc_client::{kind_name, Participant, ParticipantOptions};
@@ -122,10 +123,8 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
             .with_context(|| summaries(&people))?;
         }
     }
-    for p in &people {
-        p.set_sending(false);
-    }
-    let publishers: Vec<PublisherInfo> = people.iter().map(PublisherInfo::of).collect();
+    let publishers: Vec<PublisherInfo> =
+        stop_and_snapshot(&people.iter().collect::<Vec<_>>()).await;
     // Let the last packets land: each receiver has the final seq of each stream, or loss
     // is decided after a bounded wait (it is allowed, within the ratio).
     for p in &people {
@@ -283,8 +282,15 @@ async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
         .await
         .with_context(|| summaries(&people))?;
     }
-    let mut all_publishers: Vec<PublisherInfo> = people.iter().map(PublisherInfo::of).collect();
-    all_publishers.push(PublisherInfo::of(&doctor));
+    // Everyone stops before the check: a packet sent after the snapshot of what was sent
+    // but received before the receivers are inspected would look like one never sent.
+    let all_publishers = stop_and_snapshot(
+        &people
+            .iter()
+            .chain(std::iter::once(&doctor))
+            .collect::<Vec<_>>(),
+    )
+    .await;
     let mut problems = verify_received_payloads(&doctor, &all_publishers);
     for p in &people {
         problems.extend(verify_received_payloads(p, &all_publishers));
