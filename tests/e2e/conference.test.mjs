@@ -9,167 +9,36 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, createWriteStream } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import net from 'node:net';
-import dgram from 'node:dgram';
-import https from 'node:https';
 import { chromium } from 'playwright-core';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '..', '..');
-const artifacts = path.join(here, 'artifacts');
-const BIN = process.env.WARDLINK_BIN ?? path.join(root, 'target', 'debug', 'wardlink');
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-
-const CHROMIUM_ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-  '--ignore-certificate-errors',
-  '--allow-loopback-in-peer-connection',
-  '--autoplay-policy=no-user-gesture-required',
-];
+import {
+  BIN,
+  CHROMIUM,
+  CHROMIUM_ARGS,
+  artifacts,
+  clickJoin,
+  eventually,
+  freePort,
+  healthz,
+  inboundStats,
+  screenshotAll,
+  startServer,
+} from './harness.mjs';
 
 const TILE = '[data-testid="participant-tile"]';
 
 // ------------------------------------------------------------------ helpers
 
-function freeTcpPort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
-function freeUdpPort() {
-  return new Promise((resolve, reject) => {
-    const sock = dgram.createSocket('udp4');
-    sock.once('error', reject);
-    sock.bind(0, '127.0.0.1', () => {
-      const { port } = sock.address();
-      sock.close(() => resolve(port));
-    });
-  });
-}
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Polls `check` (async, returns a truthy value when done) until `timeoutMs`; fails with `what`
- *  and the last observed value. */
-async function eventually(what, timeoutMs, check, intervalMs = 250) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      last = await check();
-      if (last && last.ok !== false) return last;
-    } catch (err) {
-      last = `error: ${err?.message ?? err}`;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last observed: ${JSON.stringify(last)}`);
-    }
-    await sleep(intervalMs);
-  }
-}
 
-function healthz(port) {
-  return new Promise((resolve) => {
-    const req = https.get(
-      { host: '127.0.0.1', port, path: '/healthz', rejectUnauthorized: false, timeout: 2000 },
-      (res) => {
-        res.resume();
-        resolve(res.statusCode === 200);
-      },
-    );
-    req.on('error', () => resolve(false));
-    req.on('timeout', () => {
-      req.destroy();
-      resolve(false);
-    });
-  });
-}
 
-/** Starts `wardlink serve` and keeps the last lines of its log for failure messages. */
-function startServer(configPath, logPath) {
-  const child = spawn(BIN, ['serve', '--config', configPath], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1' },
-  });
-  const logFile = createWriteStream(logPath);
-  const tail = [];
-  const keep = (chunk) => {
-    logFile.write(chunk);
-    for (const line of chunk.toString().split('\n')) {
-      if (!line) continue;
-      tail.push(line);
-      if (tail.length > 80) tail.shift();
-    }
-  };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  let exitInfo = null;
-  // Never leave a server behind, even if the test runner itself is interrupted.
-  process.once('exit', () => {
-    if (!exitInfo) child.kill('SIGKILL');
-  });
-  exited.then((info) => {
-    exitInfo = info;
-  });
-  return {
-    child,
-    exited,
-    tail: () => tail.join('\n'),
-    exitInfo: () => exitInfo,
-    async stop() {
-      if (exitInfo) return;
-      child.kill('SIGTERM');
-      const done = await Promise.race([exited, sleep(5000).then(() => null)]);
-      if (!done) {
-        child.kill('SIGKILL');
-        await exited;
-      }
-      logFile.end();
-    },
-  };
-}
 
-/** inbound-rtp entries of the page's current subscribe connection. */
-async function inboundStats(page) {
-  return page.evaluate(async () => {
-    const pc = window.wardlink?.pcs?.subscribe;
-    if (!pc) return { pc: false, entries: [] };
-    const report = await pc.getStats();
-    const entries = [];
-    report.forEach((r) => {
-      if (r.type !== 'inbound-rtp') return;
-      entries.push({
-        key: `${r.kind}:${r.ssrc}:${r.mid ?? ''}`,
-        kind: r.kind,
-        framesDecoded: r.framesDecoded ?? 0,
-        totalSamplesReceived: r.totalSamplesReceived ?? 0,
-        packetsReceived: r.packetsReceived ?? 0,
-      });
-    });
-    return { pc: true, state: pc.connectionState, entries };
-  });
-}
 
 /** Waits until, on `page`, decoded video frames grow on ≥2 distinct inbound streams and received
  *  audio samples grow on ≥2 — i.e. both other participants are actually seen and heard. */
@@ -197,12 +66,6 @@ async function waitTiles(name, page, count, timeoutMs = 30_000) {
   });
 }
 
-async function clickJoin(page) {
-  const button = page.locator('[data-testid="join-button"]');
-  await button.waitFor({ state: 'visible', timeout: 20_000 });
-  await eventually('join button enabled', 20_000, () => button.isEnabled());
-  await button.click();
-}
 
 /** The guest on `guestPage` waits in the waiting room; the host admits exactly that
  *  participant (by id) from the lobby; the guest reaches the conference view. */
@@ -219,16 +82,6 @@ async function admit(hostPage, guestName, guestPage) {
   });
 }
 
-async function screenshotAll(pages, label) {
-  mkdirSync(artifacts, { recursive: true });
-  for (const [name, page] of Object.entries(pages)) {
-    try {
-      await page.screenshot({ path: path.join(artifacts, `${label}-${name}.png`), fullPage: true });
-    } catch {
-      // A crashed page cannot be photographed; the failure itself is reported elsewhere.
-    }
-  }
-}
 
 // ------------------------------------------------------------------ the test
 
@@ -238,8 +91,8 @@ test('three people confer in Chromium; the surveyor leaves and rejoins', { timeo
   mkdirSync(artifacts, { recursive: true });
 
   const work = mkdtempSync(path.join(tmpdir(), 'wardlink-e2e-'));
-  const port = await freeTcpPort();
-  const mediaPort = await freeUdpPort();
+  const port = await freePort('tcp');
+  const mediaPort = await freePort('udp');
   const configPath = path.join(work, 'wardlink.toml');
   writeFileSync(
     configPath,

@@ -12,38 +12,28 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, createWriteStream } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import net from 'node:net';
-import dgram from 'node:dgram';
 import https from 'node:https';
 import { chromium } from 'playwright-core';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '..', '..');
-const artifacts = path.join(here, 'artifacts');
-const BIN = process.env.WARDLINK_BIN ?? path.join(root, 'target', 'debug', 'wardlink');
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-
-const CHROMIUM_ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-  '--ignore-certificate-errors',
-  '--allow-loopback-in-peer-connection',
-  '--autoplay-policy=no-user-gesture-required',
-];
+import {
+  BIN,
+  CHROMIUM,
+  CHROMIUM_ARGS,
+  artifacts,
+  clickJoin,
+  eventually,
+  freePort,
+  healthz,
+  inboundStats,
+  screenshotAll,
+  sleep,
+  startServer,
+} from './harness.mjs';
 
 const USERNAME = 'sato.hanako';
 const PASSWORD = 'e2e correct horse battery';
@@ -51,104 +41,10 @@ const TITLE = '退院前カンファレンス 3階東病棟';
 
 // ------------------------------------------------------------------ helpers
 
-function freePort(kind) {
-  return new Promise((resolve, reject) => {
-    if (kind === 'udp') {
-      const sock = dgram.createSocket('udp4');
-      sock.once('error', reject);
-      sock.bind(0, '127.0.0.1', () => {
-        const { port } = sock.address();
-        sock.close(() => resolve(port));
-      });
-    } else {
-      const srv = net.createServer();
-      srv.once('error', reject);
-      srv.listen(0, '127.0.0.1', () => {
-        const { port } = srv.address();
-        srv.close(() => resolve(port));
-      });
-    }
-  });
-}
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Polls `check` until it returns something truthy (and not {ok: false}); fails with `what`. */
-async function eventually(what, timeoutMs, check, intervalMs = 250) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      last = await check();
-      if (last && last.ok !== false) return last;
-    } catch (err) {
-      last = `error: ${err?.message ?? err}`;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last observed: ${JSON.stringify(last)}`);
-    }
-    await sleep(intervalMs);
-  }
-}
 
-function healthz(port) {
-  return new Promise((resolve) => {
-    const req = https.get(
-      { host: '127.0.0.1', port, path: '/healthz', rejectUnauthorized: false, timeout: 2000 },
-      (res) => {
-        res.resume();
-        resolve(res.statusCode === 200);
-      },
-    );
-    req.on('error', () => resolve(false));
-    req.on('timeout', () => {
-      req.destroy();
-      resolve(false);
-    });
-  });
-}
 
-function startServer(configPath, logPath) {
-  const child = spawn(BIN, ['serve', '--config', configPath], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1' },
-  });
-  const logFile = createWriteStream(logPath);
-  const tail = [];
-  const keep = (chunk) => {
-    logFile.write(chunk);
-    for (const line of chunk.toString().split('\n')) {
-      if (!line) continue;
-      tail.push(line);
-      if (tail.length > 80) tail.shift();
-    }
-  };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  let exitInfo = null;
-  process.once('exit', () => {
-    if (!exitInfo) child.kill('SIGKILL');
-  });
-  exited.then((info) => {
-    exitInfo = info;
-  });
-  return {
-    tail: () => tail.join('\n'),
-    exitInfo: () => exitInfo,
-    async stop() {
-      if (!exitInfo) {
-        child.kill('SIGTERM');
-        const done = await Promise.race([exited, sleep(5000).then(() => null)]);
-        if (!done) {
-          child.kill('SIGKILL');
-          await exited;
-        }
-      }
-      logFile.end();
-    },
-  };
-}
 
 /** RFC 4648 base32 (no padding needed) to bytes. */
 function base32Decode(text) {
@@ -178,27 +74,6 @@ function totp(secret, unixMs = Date.now()) {
   return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, '0');
 }
 
-/** inbound-rtp entries of the page's subscribe connection (none when it has none). */
-async function inboundStats(page) {
-  return page.evaluate(async () => {
-    const pc = window.wardlink?.pcs?.subscribe;
-    if (!pc) return { pc: false, entries: [] };
-    const report = await pc.getStats();
-    const entries = [];
-    report.forEach((r) => {
-      if (r.type !== 'inbound-rtp') return;
-      entries.push({
-        key: `${r.kind}:${r.ssrc}:${r.mid ?? ''}`,
-        kind: r.kind,
-        bytesReceived: r.bytesReceived ?? 0,
-        packetsReceived: r.packetsReceived ?? 0,
-        framesDecoded: r.framesDecoded ?? 0,
-        totalSamplesReceived: r.totalSamplesReceived ?? 0,
-      });
-    });
-    return { pc: true, state: pc.connectionState, entries };
-  });
-}
 
 /** The one other participant's video decodes and audio plays on `page` (counters grow). */
 async function assertReceivingOne(name, page, timeoutMs = 30_000) {
@@ -237,23 +112,7 @@ async function view(page) {
   return page.evaluate(() => window.wardlink?.view ?? null);
 }
 
-async function clickJoin(page) {
-  const button = page.locator('[data-testid="join-button"]');
-  await button.waitFor({ state: 'visible', timeout: 20_000 });
-  await eventually('join button enabled', 20_000, () => button.isEnabled());
-  await button.click();
-}
 
-async function screenshotAll(pages, label) {
-  mkdirSync(artifacts, { recursive: true });
-  for (const [name, page] of Object.entries(pages)) {
-    try {
-      await page.screenshot({ path: path.join(artifacts, `staff-${label}-${name}.png`), fullPage: true });
-    } catch {
-      // A crashed page cannot be photographed; the failure is reported elsewhere.
-    }
-  }
-}
 
 /** Whether `needles` occur in `haystack` in this order (other entries may come between). */
 function inOrder(haystack, needles) {
@@ -351,7 +210,7 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
     assert.ok(secret && /^[A-Z2-7]+=*$/.test(secret), `no base32 secret in ${uri}`);
     const shown = (await staff.locator('[data-testid="enroll-secret"]').textContent())?.replace(/\s/g, '');
     if (shown) assert.equal(shown, secret, 'the secret shown for manual entry differs from the URI');
-    await screenshotAll({ staff }, '1-enrol');
+    await screenshotAll({ staff }, 'staff-1-enrol');
     // A wrong code first: refused, still on the enrolment step.
     const right = totp(secret);
     const wrong = String((Number(right) + 500_000) % 1_000_000).padStart(6, '0');
@@ -399,7 +258,7 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
     const caremanagerLink = linkOf('care_manager');
     const familyLink = linkOf('family');
     assert.equal(invites.length, 2);
-    await screenshotAll({ staff }, '2-created');
+    await screenshotAll({ staff }, 'staff-2-created');
 
     // ---- The nurse opens her host link; the guests open theirs and wait.
     const nurse = await newPage('nurse');
@@ -432,7 +291,7 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
       return { ok: ids.length === 2, ids };
     });
     assert.deepEqual(new Set(entries.ids), new Set([guests.caremanager.id, guests.family.id]));
-    await screenshotAll(pages, '3-waiting');
+    await screenshotAll(pages, 'staff-3-waiting');
 
     // ---- Admit the care manager, deny the family member.
     const entry = (id) => nurse.locator(`[data-testid="lobby-entry"][data-participant-id="${id}"]`);
@@ -453,7 +312,7 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
     await assertReceivingOne('nurse (from the care manager)', nurse);
     const tiles = await nurse.$$eval('[data-testid="participant-tile"]', (els) => els.map((e) => e.dataset.participantId));
     assert.ok(!tiles.includes(guests.family.id), `the denied family member has a tile at the nurse: ${tiles}`);
-    await screenshotAll(pages, '4-admitted-and-denied');
+    await screenshotAll(pages, 'staff-4-admitted-and-denied');
 
     // The denied page never had any media, and stays without.
     await sleep(2000);
@@ -511,7 +370,7 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
     const uncaught = consoleErrors.filter((e) => e.includes('uncaught'));
     assert.deepEqual(uncaught, [], 'no uncaught exceptions in the pages');
   } catch (err) {
-    await screenshotAll(pages, 'failure');
+    await screenshotAll(pages, 'staff-failure');
     err.message +=
       `\n\n--- browser console errors ---\n${consoleErrors.join('\n') || '(none)'}` +
       `\n\n--- server log (tail; full log in tests/e2e/artifacts/staff-server.log) ---\n${server.tail()}`;

@@ -1,0 +1,176 @@
+// Shared pieces of the browser end-to-end tests: the binary and browser to use, free ports,
+// starting and stopping `wardlink serve`, polling, and reading getStats from a page.
+
+import { createWriteStream, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import dgram from 'node:dgram';
+import https from 'node:https';
+
+export const here = path.dirname(fileURLToPath(import.meta.url));
+export const root = path.resolve(here, '..', '..');
+export const artifacts = path.join(here, 'artifacts');
+export const BIN = process.env.WARDLINK_BIN ?? path.join(root, 'target', 'debug', 'wardlink');
+export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+
+export const CHROMIUM_ARGS = [
+  '--headless=new',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-quic',
+  '--ignore-certificate-errors',
+  '--allow-loopback-in-peer-connection',
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A free 127.0.0.1 port, `kind` 'tcp' or 'udp' (the server binds it right after). */
+export function freePort(kind) {
+  return new Promise((resolve, reject) => {
+    if (kind === 'udp') {
+      const sock = dgram.createSocket('udp4');
+      sock.once('error', reject);
+      sock.bind(0, '127.0.0.1', () => {
+        const { port } = sock.address();
+        sock.close(() => resolve(port));
+      });
+    } else {
+      const srv = net.createServer();
+      srv.once('error', reject);
+      srv.listen(0, '127.0.0.1', () => {
+        const { port } = srv.address();
+        srv.close(() => resolve(port));
+      });
+    }
+  });
+}
+
+/** Polls `check` (async, returns a truthy value when done) until `timeoutMs`; fails with `what`
+ *  and the last observed value. */
+export async function eventually(what, timeoutMs, check, intervalMs = 250) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await check();
+      if (last && last.ok !== false) return last;
+    } catch (err) {
+      last = `error: ${err?.message ?? err}`;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last observed: ${JSON.stringify(last)}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+/** Whether the server answers /healthz over HTTPS (its certificate is self-signed). */
+export function healthz(port) {
+  return new Promise((resolve) => {
+    const req = https.get(
+      { host: '127.0.0.1', port, path: '/healthz', rejectUnauthorized: false, timeout: 2000 },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode === 200);
+      },
+    );
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => {
+      req.destroy();
+      resolve(false);
+    });
+  });
+}
+
+/** Starts `wardlink serve` and keeps the last lines of its log for failure messages. */
+export function startServer(configPath, logPath) {
+  const child = spawn(BIN, ['serve', '--config', configPath], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NO_COLOR: '1' },
+  });
+  const logFile = createWriteStream(logPath);
+  const tail = [];
+  const keep = (chunk) => {
+    logFile.write(chunk);
+    for (const line of chunk.toString().split('\n')) {
+      if (!line) continue;
+      tail.push(line);
+      if (tail.length > 80) tail.shift();
+    }
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  let exitInfo = null;
+  process.once('exit', () => {
+    if (!exitInfo) child.kill('SIGKILL');
+  });
+  exited.then((info) => {
+    exitInfo = info;
+  });
+  return {
+    tail: () => tail.join('\n'),
+    exitInfo: () => exitInfo,
+    async stop() {
+      if (!exitInfo) {
+        child.kill('SIGTERM');
+        const done = await Promise.race([exited, sleep(5000).then(() => null)]);
+        if (!done) {
+          child.kill('SIGKILL');
+          await exited;
+        }
+      }
+      logFile.end();
+    },
+  };
+}
+
+/** inbound-rtp entries of the page's subscribe connection (none when it has none). */
+export async function inboundStats(page) {
+  return page.evaluate(async () => {
+    const pc = window.wardlink?.pcs?.subscribe;
+    if (!pc) return { pc: false, entries: [] };
+    const report = await pc.getStats();
+    const entries = [];
+    report.forEach((r) => {
+      if (r.type !== 'inbound-rtp') return;
+      entries.push({
+        key: `${r.kind}:${r.ssrc}:${r.mid ?? ''}`,
+        kind: r.kind,
+        bytesReceived: r.bytesReceived ?? 0,
+        packetsReceived: r.packetsReceived ?? 0,
+        framesDecoded: r.framesDecoded ?? 0,
+        totalSamplesReceived: r.totalSamplesReceived ?? 0,
+      });
+    });
+    return { pc: true, state: pc.connectionState, entries };
+  });
+}
+
+export async function clickJoin(page) {
+  const button = page.locator('[data-testid="join-button"]');
+  await button.waitFor({ state: 'visible', timeout: 20_000 });
+  await eventually('join button enabled', 20_000, () => button.isEnabled());
+  await button.click();
+}
+
+/** Saves a full-page screenshot of each page as `<label>-<name>.png` in the artifacts folder. */
+export async function screenshotAll(pages, label) {
+  mkdirSync(artifacts, { recursive: true });
+  for (const [name, page] of Object.entries(pages)) {
+    try {
+      await page.screenshot({ path: path.join(artifacts, `${label}-${name}.png`), fullPage: true });
+    } catch {
+      // A crashed page cannot be photographed; the failure itself is reported elsewhere.
+    }
+  }
+}
