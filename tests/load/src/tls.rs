@@ -15,16 +15,26 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 /// A rustls client configuration (ring provider) trusting `cert_pem` only, or anything
 /// when `None`.
 pub fn client_config(cert_pem: Option<&Path>) -> anyhow::Result<Arc<ClientConfig>> {
-    let pinned = match cert_pem {
-        Some(path) => Some(
-            CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .next()
-                .with_context(|| format!("no certificate in {}", path.display()))?
-                .with_context(|| format!("parsing {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let pinned = cert_pem.map(read_pem_cert).transpose()?;
+    pinned_client_config(pinned)
+}
+
+/// The first certificate in a PEM file (the server's `tls/cert.pem`).
+pub fn read_pem_cert(path: &Path) -> anyhow::Result<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .next()
+        .with_context(|| format!("no certificate in {}", path.display()))?
+        .with_context(|| format!("parsing {}", path.display()))
+}
+
+/// A rustls client configuration (ring provider) that accepts exactly `pinned` as the
+/// server's end-entity certificate, or any certificate when `None`, while still checking
+/// the handshake signatures (so the server must hold the matching private key). For test
+/// and benchmark clients of a server with a self-signed certificate; never for users.
+pub fn pinned_client_config(
+    pinned: Option<CertificateDer<'static>>,
+) -> anyhow::Result<Arc<ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(Pinned {
         pinned,
