@@ -217,6 +217,36 @@ pub async fn wait_growth(
         .await
 }
 
+/// Participant ids of `people`.
+pub fn ids(people: &[&Participant]) -> Vec<String> {
+    people.iter().map(|p| p.id().to_owned()).collect()
+}
+
+/// Records how much each of `people` has received from the others now, and returns a future
+/// that fails unless every one of those counts grows by 10 within `timeout`: media is still
+/// flowing `stage` (e.g. "during token attacks").
+pub fn still_flowing<'a>(
+    people: &'a [&'a Participant],
+    timeout: Duration,
+    stage: &'static str,
+) -> impl std::future::Future<Output = anyhow::Result<()>> + 'a {
+    let baseline: Vec<_> = people
+        .iter()
+        .map(|p| {
+            let others: Vec<String> = ids(people).into_iter().filter(|id| id != p.id()).collect();
+            (counts(p, &others), others)
+        })
+        .collect();
+    async move {
+        for (p, (base, others)) in people.iter().zip(baseline) {
+            wait_growth(p, &others, &base, 10, timeout, stage)
+                .await
+                .map_err(|e| e.context(format!("media stopped flowing {stage}")))?;
+        }
+        anyhow::Ok(())
+    }
+}
+
 /// Current per-(publisher, kind) counts for `from`.
 pub fn counts(receiver: &Participant, from: &[String]) -> Vec<(String, MediaKind, usize)> {
     receiver.observe(|o| {

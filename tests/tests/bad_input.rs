@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Context};
 use wardlink_signaling::protocol::{ClientMessage, ServerMessage, MAX_MESSAGE_BYTES};
 use wardlink_signaling::{ErrorCode, Role, PROTOCOL_VERSION};
 use wardlink_tests::checks::{
-    counts, stop_and_snapshot, verify_received_payloads, wait_growth, wait_receiving, PublisherInfo,
+    still_flowing, stop_and_snapshot, verify_received_payloads, wait_receiving, PublisherInfo,
 };
 use wardlink_tests::harness::{token_for, TestServer};
 use wardlink_tests::rtc_client::{Participant, ParticipantOptions};
@@ -86,10 +86,6 @@ async fn expect_refused_join(
     Ok(())
 }
 
-fn ids(ps: &[&Participant]) -> Vec<String> {
-    ps.iter().map(|p| p.id().to_owned()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
@@ -115,24 +111,7 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         .await
         .context("nurse admits the care manager")?;
     let pair = [&nurse, &caremgr];
-    let flowing = |stage: &'static str| {
-        let baseline: Vec<_> = pair
-            .iter()
-            .map(|p| {
-                let others: Vec<String> =
-                    ids(&pair).into_iter().filter(|id| id != p.id()).collect();
-                (counts(p, &others), others)
-            })
-            .collect();
-        async move {
-            for (p, (base, others)) in pair.iter().zip(baseline) {
-                wait_growth(p, &others, &base, 10, Duration::from_secs(10), stage)
-                    .await
-                    .with_context(|| format!("media stopped flowing {stage}"))?;
-            }
-            anyhow::Ok(())
-        }
-    };
+    let flowing = |stage: &'static str| still_flowing(&pair, Duration::from_secs(10), stage);
     wait_receiving(
         &nurse,
         &[(caremgr.id().to_owned(), "caremgr".into())],

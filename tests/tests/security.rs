@@ -18,7 +18,7 @@ use wardlink::links::{RoleLink, RoomLinks};
 use wardlink_signaling::protocol::{ClientMessage, ServerMessage, WaitingEntry};
 use wardlink_signaling::{ErrorCode, MediaKind, Role, PROTOCOL_VERSION};
 use wardlink_tests::checks::{
-    counts, stop_and_snapshot, verify_received_payloads, wait_growth, wait_receiving, PublisherInfo,
+    ids, still_flowing, stop_and_snapshot, verify_received_payloads, wait_receiving, PublisherInfo,
 };
 use wardlink_tests::harness::{token_for, TestServer};
 use wardlink_tests::probe;
@@ -76,10 +76,6 @@ a=rtcp-fb:96 nack pli\r\n\
 a=ssrc:2222 cname:guest\r\n";
 
 // ------------------------------------------------------------------ helpers
-
-fn ids(ps: &[&Participant]) -> Vec<String> {
-    ps.iter().map(|p| p.id().to_owned()).collect()
-}
 
 /// How many `token_rejected` audit rows carry `code`.
 fn rejections(server: &TestServer, code: ErrorCode) -> anyhow::Result<usize> {
@@ -363,24 +359,7 @@ async fn access_control_is_enforced_while_a_conference_runs() -> anyhow::Result<
         .context("nurse admits the care manager")?;
     let pair = [&nurse, &caremgr];
     let pair_ids = ids(&pair);
-    let flowing = |stage: &'static str| {
-        let baseline: Vec<_> = pair
-            .iter()
-            .map(|p| {
-                let others: Vec<String> =
-                    ids(&pair).into_iter().filter(|id| id != p.id()).collect();
-                (counts(p, &others), others)
-            })
-            .collect();
-        async move {
-            for (p, (base, others)) in pair.iter().zip(baseline) {
-                wait_growth(p, &others, &base, 10, Duration::from_secs(15), stage)
-                    .await
-                    .with_context(|| format!("media stopped flowing {stage}"))?;
-            }
-            anyhow::Ok(())
-        }
-    };
+    let flowing = |stage: &'static str| still_flowing(&pair, Duration::from_secs(15), stage);
     wait_receiving(
         &nurse,
         &[(caremgr.id().to_owned(), "caremgr".into())],
