@@ -2,130 +2,24 @@
 //! guessing locks the account like password guessing, failures spread over many names block
 //! the address, and a session ends after its absolute lifetime however active it is.
 
-use std::path::PathBuf;
-use std::time::Duration;
+mod common;
 
-use reqwest::header::{HeaderMap, HeaderValue};
+use common::*;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use wardlink::accounts::{self, NewUser, Profession};
+use wardlink::accounts::{self};
 use wardlink::config::Config;
-use wardlink::server::{start, unix_now, RunningServer};
+use wardlink::server::RunningServer;
 
-const PASSWORD: &str = "correct horse battery staple";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        TempDir(std::env::temp_dir().join(format!(
-            "wardlink-login-{name}-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        )))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
+/// The shared server with a generous login rate, so the lockout rules (not the per-minute
+/// attempt limit) are what these tests meet.
 async fn start_server(dir: &TempDir, tweak: impl FnOnce(&mut Config)) -> RunningServer {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        media_port: 0,
-        media_bind: "127.0.0.1".parse().unwrap(),
-        data_dir: dir.0.clone(),
-        ..Config::default()
-    };
-    config.limits.logins_per_minute_per_ip = 1000;
-    tweak(&mut config);
-    start(config).await.expect("server starts")
-}
-
-fn add_user(server: &RunningServer, username: &str) {
-    accounts::create_user(
-        &server.state().store.lock(),
-        &NewUser {
-            username: username.into(),
-            display_name: format!("{username} さん"),
-            profession: Profession::Nurse,
-            is_admin: false,
-            password: PASSWORD.into(),
-        },
-        wardlink::store::now_ms(),
-    )
-    .unwrap();
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl Reply {
-    fn code(&self) -> &str {
-        self.body["code"].as_str().unwrap_or("")
-    }
-}
-
-/// A browser-like client: cookie jar, the server's certificate, the server's Origin.
-struct Browser {
-    client: reqwest::Client,
-    base: String,
-}
-
-impl Browser {
-    fn new(server: &RunningServer, dir: &TempDir) -> Browser {
-        let pem = std::fs::read(dir.0.join("tls").join("cert.pem")).unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert("origin", HeaderValue::from_str(&server.base_url).unwrap());
-        Browser {
-            client: reqwest::Client::builder()
-                .use_rustls_tls()
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-                .cookie_store(true)
-                .default_headers(headers)
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            base: server.base_url.clone(),
-        }
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request.send().await.expect("request completes");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        Reply {
-            status,
-            headers,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Reply {
-        self.send(self.client.post(format!("{}{path}", self.base)).json(&body))
-            .await
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send(self.client.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    async fn login(&self, username: &str, password: &str) -> Reply {
-        self.post(
-            "/api/login",
-            json!({ "username": username, "password": password }),
-        )
-        .await
-    }
+    common::start_server(dir, |c| {
+        c.limits.logins_per_minute_per_ip = 1000;
+        tweak(c);
+    })
+    .await
 }
 
 fn audit_rows(server: &RunningServer) -> Vec<(String, String, Value)> {
@@ -142,22 +36,6 @@ fn audit_rows(server: &RunningServer) -> Vec<(String, String, Value)> {
         .collect()
 }
 
-fn step_now() -> i64 {
-    wardlink::totp::step_at(unix_now())
-}
-
-/// A six-digit code valid at no step near now.
-fn wrong_code(secret: &str) -> String {
-    let step = step_now();
-    let valid: Vec<String> = (step - 3..=step + 3)
-        .map(|s| wardlink::totp::code_at_step(secret, s).unwrap())
-        .collect();
-    (0..)
-        .map(|n| format!("{:06}", 123_457 + n * 7919))
-        .find(|c| !valid.contains(c))
-        .unwrap()
-}
-
 /// Enrols TOTP for `username` through the API and signs out again; returns the secret.
 async fn enrol(browser: &Browser, username: &str) -> String {
     assert_eq!(
@@ -167,7 +45,7 @@ async fn enrol(browser: &Browser, username: &str) -> String {
     let r = browser.post("/api/totp/enroll", json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let secret = r.body["secret"].as_str().unwrap().to_owned();
-    let code = wardlink::totp::code_at_step(&secret, step_now()).unwrap();
+    let code = wardlink::totp::code_at_step(&secret, current_step()).unwrap();
     let r = browser
         .post("/api/totp/confirm", json!({ "code": code }))
         .await;
@@ -183,7 +61,7 @@ async fn enrol(browser: &Browser, username: &str) -> String {
 async fn guessing_totp_codes_locks_the_account() {
     let dir = TempDir::new("totp");
     let server = start_server(&dir, |_| {}).await;
-    add_user(&server, "yamada");
+    add_user(&server, "yamada", false);
     let browser = Browser::new(&server, &dir);
     let secret = enrol(&browser, "yamada").await;
 
@@ -228,7 +106,7 @@ async fn guessing_totp_codes_locks_the_account() {
         .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
         .unwrap();
     assert_eq!(sessions, 0, "a locked account kept a session");
-    let code = wardlink::totp::code_at_step(&secret, step_now()).unwrap();
+    let code = wardlink::totp::code_at_step(&secret, current_step()).unwrap();
     let r = browser
         .post("/api/login/totp", json!({ "code": code }))
         .await;
@@ -269,7 +147,7 @@ async fn failures_across_many_names_block_the_address() {
         c.security.login_max_failures_per_account = 100;
     })
     .await;
-    add_user(&server, "kato");
+    add_user(&server, "kato", false);
     let browser = Browser::new(&server, &dir);
 
     // A password spray: one try per name, real or not.
@@ -323,7 +201,7 @@ async fn failures_across_many_names_block_the_address() {
 async fn sessions_end_after_their_absolute_lifetime() {
     let dir = TempDir::new("absolute");
     let server = start_server(&dir, |_| {}).await;
-    add_user(&server, "ito");
+    add_user(&server, "ito", false);
     accounts::disable_totp(&server.state().store.lock(), "ito").unwrap();
     let browser = Browser::new(&server, &dir);
     assert_eq!(browser.login("ito", PASSWORD).await.body["stage"], "full");

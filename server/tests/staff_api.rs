@@ -1,165 +1,16 @@
 //! The staff API over real HTTPS against an in-process server: two-factor login, lockout,
 //! session expiry, CSRF guard, administration and conference scheduling.
 
-use std::path::PathBuf;
-use std::time::Duration;
+mod common;
 
-use reqwest::header::{HeaderMap, HeaderValue};
+use common::*;
+
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use wardlink::accounts::{self, NewUser, Profession};
+use serde_json::json;
+use wardlink::accounts::{self};
 use wardlink::conferences::{check_invitation, InvitationError};
-use wardlink::config::Config;
-use wardlink::server::{start, unix_now, RunningServer};
+use wardlink::server::{unix_now, RunningServer};
 use wardlink_signaling::ErrorCode;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "wardlink-staff-api-{name}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn start_server(dir: &TempDir, tweak: impl FnOnce(&mut Config)) -> RunningServer {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        media_port: 0,
-        media_bind: "127.0.0.1".parse().unwrap(),
-        data_dir: dir.0.clone(),
-        ..Config::default()
-    };
-    tweak(&mut config);
-    start(config).await.expect("server starts")
-}
-
-fn add_user(server: &RunningServer, username: &str, is_admin: bool) -> accounts::User {
-    accounts::create_user(
-        &server.state().store.lock(),
-        &NewUser {
-            username: username.into(),
-            display_name: format!("{username} 表示名"),
-            profession: if is_admin {
-                Profession::Admin
-            } else {
-                Profession::Nurse
-            },
-            is_admin,
-            password: PASSWORD.into(),
-        },
-        wardlink::store::now_ms(),
-    )
-    .unwrap()
-}
-
-/// A browser-like client: its own cookie jar, the server's certificate pinned, and the
-/// `Origin` a page from the server would send.
-struct Browser {
-    client: reqwest::Client,
-    base: String,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl Reply {
-    fn code(&self) -> &str {
-        self.body["code"].as_str().unwrap_or("")
-    }
-
-    fn set_cookie(&self) -> Option<&str> {
-        self.headers.get("set-cookie").and_then(|v| v.to_str().ok())
-    }
-}
-
-impl Browser {
-    fn new(server: &RunningServer, dir: &TempDir) -> Browser {
-        Browser::with_origin(server, dir, Some(&server.base_url))
-    }
-
-    fn with_origin(server: &RunningServer, dir: &TempDir, origin: Option<&str>) -> Browser {
-        Browser::build(server, dir, origin, true)
-    }
-
-    /// A client that keeps no cookies (to replay a specific one by hand).
-    fn without_cookies(server: &RunningServer, dir: &TempDir) -> Browser {
-        Browser::build(server, dir, Some(&server.base_url), false)
-    }
-
-    fn build(
-        server: &RunningServer,
-        dir: &TempDir,
-        origin: Option<&str>,
-        cookies: bool,
-    ) -> Browser {
-        let pem = std::fs::read(dir.0.join("tls").join("cert.pem")).unwrap();
-        let mut headers = HeaderMap::new();
-        if let Some(origin) = origin {
-            headers.insert("origin", HeaderValue::from_str(origin).unwrap());
-        }
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-            .cookie_store(cookies)
-            .default_headers(headers)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        Browser {
-            client,
-            base: server.base_url.clone(),
-        }
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request.send().await.expect("request completes");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        let body = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {status} {text:?}"));
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Reply {
-        self.send(self.client.post(format!("{}{path}", self.base)).json(&body))
-            .await
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send(self.client.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    async fn login(&self, username: &str, password: &str) -> Reply {
-        self.post(
-            "/api/login",
-            json!({ "username": username, "password": password }),
-        )
-        .await
-    }
-}
 
 fn totp_secret(server: &RunningServer, username: &str, column: &str) -> String {
     server
@@ -172,10 +23,6 @@ fn totp_secret(server: &RunningServer, username: &str, column: &str) -> String {
             |r| r.get(0),
         )
         .unwrap()
-}
-
-fn current_step() -> i64 {
-    wardlink::totp::step_at(unix_now())
 }
 
 fn audit_rows(server: &RunningServer) -> Vec<(String, String, String)> {
@@ -537,18 +384,6 @@ async fn two_factor_login_sessions_and_conferences() {
         "titles (patient names) stay out of the audit log"
     );
     server.shutdown().await;
-}
-
-/// A well-formed code that is not valid anywhere in the current window.
-fn wrong_code(secret: &str) -> String {
-    let step = current_step();
-    let valid: Vec<String> = (step - 2..=step + 2)
-        .map(|s| wardlink::totp::code_at_step(secret, s).unwrap())
-        .collect();
-    (0..)
-        .map(|n| format!("{n:06}"))
-        .find(|c| !valid.contains(c))
-        .unwrap()
 }
 
 /// `now + minutes` as RFC 3339 (UTC).
