@@ -40,6 +40,10 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Seconds a peer connection may take to connect before the client is told to retry it.
     pub connect_timeout_secs: u64,
+    /// Send runs of equal-sized datagrams to one peer with UDP GSO (Linux) where the kernel
+    /// and device allow it; off sends one datagram per system call. On by default: it
+    /// falls back by itself where GSO is refused.
+    pub media_gso: bool,
     /// Hours a newly created join link stays valid.
     pub link_valid_hours: u64,
     /// Most participants one conference admits.
@@ -141,6 +145,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             public_url: None,
             connect_timeout_secs: 10,
+            media_gso: true,
             link_valid_hours: 24,
             max_participants_per_room: 16,
             security: SecurityConfig::default(),

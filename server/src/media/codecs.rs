@@ -4,9 +4,11 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
-use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder};
+use rtc::interceptor::{
+    NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder, SenderReportBuilder,
+};
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
@@ -18,6 +20,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
+use wardlink_signaling::protocol::PcKind;
 
 /// RFC 4588 retransmission payload MIME type.
 const MIME_TYPE_RTX: &str = "video/rtx";
@@ -114,22 +117,34 @@ pub fn media_engine() -> Result<MediaEngine, Error> {
 /// 1 s at 2.5 Mbit/s, while `rtc`'s default of 1024 cost ~1 MB per subscriber leg.
 pub const NACK_HISTORY: u16 = 256;
 
-/// The interceptor chain: what `rtc`'s defaults register (NACK generator and responder,
-/// RTCP sender and receiver reports, TWCC feedback to publishers, simulcast header
-/// extensions) with a shorter NACK history, plus [`KeyframeRequestTap`]. The media engine
-/// already carries the `nack` / `nack pli` feedback for every video codec.
-pub fn interceptors(me: &mut MediaEngine) -> Result<Registry, Error> {
-    let registry = Registry::new()
-        // Application-ward of the others, so they have seen the packet first.
-        .with(Slot::from(14_000), KeyframeRequestTap::default())
-        .with(
-            Slot::NackResponder,
-            NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
-        )
-        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+/// The interceptor chain for one connection, cut to what its direction uses. Every
+/// interceptor in `rtc`'s chain sees (and moves) every packet both ways, so the defaults
+/// (all six on every connection) cost per forwarded packet for work that can never
+/// happen: a publish connection sends no RTP and a subscribe connection receives none.
+///
+/// - Publish (we receive): NACK generator (recovers the publisher's uplink loss), receiver
+///   reports, TWCC feedback so the browser's send-side estimator adapts to its link.
+/// - Subscribe (we send): NACK responder with a [`NACK_HISTORY`]-packet history, sender
+///   reports, and [`KeyframeRequestTap`] to let PLI/FIR through to the forwarder.
+///
+/// The media engine gets the same codecs, feedback and header extensions either way, so
+/// the SDP does not depend on the direction.
+pub fn interceptors(me: &mut MediaEngine, direction: PcKind) -> Result<Registry, Error> {
     configure_simulcast_extension_headers(me)?;
-    let registry = configure_twcc_receiver_only(registry, me)?;
-    Ok(configure_rtcp_reports(registry))
+    let twcc = configure_twcc_receiver_only(Registry::new(), me)?;
+    Ok(match direction {
+        PcKind::Publish => twcc
+            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
+        PcKind::Subscribe => Registry::new()
+            // Application-ward of the others, so they have seen the packet first.
+            .with(Slot::from(14_000), KeyframeRequestTap::default())
+            .with(
+                Slot::NackResponder,
+                NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
+            )
+            .with(Slot::SenderReport, SenderReportBuilder::new().build()),
+    })
 }
 
 /// Lets a subscriber's PLI and FIR through to the application, which forwards them to the

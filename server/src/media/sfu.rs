@@ -347,7 +347,11 @@ impl Sfu {
         }
     }
 
-    fn new_pc(&mut self, now: Instant) -> Result<(PeerId, RTCPeerConnection), String> {
+    fn new_pc(
+        &mut self,
+        now: Instant,
+        direction: PcKind,
+    ) -> Result<(PeerId, RTCPeerConnection), String> {
         let id = self.next_peer;
         self.next_peer += 1;
         let ufrag = random_token(16);
@@ -361,7 +365,8 @@ impl Sfu {
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .build();
         let mut media_engine = codecs::media_engine().map_err(|e| e.to_string())?;
-        let registry = codecs::interceptors(&mut media_engine).map_err(|e| e.to_string())?;
+        let registry =
+            codecs::interceptors(&mut media_engine, direction).map_err(|e| e.to_string())?;
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(setting_engine)
@@ -440,7 +445,7 @@ impl Sfu {
         };
         let id = match existing {
             Some(id) => id,
-            None => match self.new_pc(now) {
+            None => match self.new_pc(now, PcKind::Publish) {
                 Ok((id, pc)) => {
                     self.insert_peer(
                         id,
@@ -512,7 +517,7 @@ impl Sfu {
         };
         let id = match existing {
             Some(id) => id,
-            None => match self.new_pc(now) {
+            None => match self.new_pc(now, PcKind::Subscribe) {
                 Ok((id, pc)) => {
                     self.insert_peer(
                         id,
