@@ -9,6 +9,7 @@ pub mod http;
 pub mod keys;
 pub mod links;
 pub mod media;
+pub mod memory;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server;

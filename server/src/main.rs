@@ -173,6 +173,8 @@ enum AuditFormat {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any thread exists, so every thread shares the few arenas.
+    wardlink::memory::limit_arenas();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

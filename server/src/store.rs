@@ -107,6 +107,9 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// SQLite page cache per connection, KiB.
+pub const PAGE_CACHE_KIB: u32 = 256;
+
 impl Store {
     /// Opens (creating if needed) the database in `data_dir` and applies migrations.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
@@ -133,6 +136,10 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // A bounded page cache (negative = KiB). SQLite's default of 2 MB filled up as the
+        // audit log grew, which the join/leave leak check saw as steady RSS growth; the
+        // kernel's file cache still holds the rest of the file.
+        conn.pragma_update(None, "cache_size", -(PAGE_CACHE_KIB as i64))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&conn)?;
         Ok(Store {

@@ -25,6 +25,8 @@ use sfu::{Sfu, SfuConfig, SfuStats};
 const MAX_DATAGRAM: usize = 2048;
 /// Datagrams read per wake-up before giving commands and timers a turn.
 const READ_BATCH: usize = 64;
+/// How often the loop checks whether connections closed, to return freed heap.
+const TRIM_CHECK: Duration = Duration::from_secs(2);
 
 /// A request to the media loop.
 enum Request {
@@ -245,6 +247,10 @@ async fn run(
     let mut armed = idle();
     let sleep = tokio::time::sleep_until(armed.into());
     tokio::pin!(sleep);
+    // After connections close, hand the heap they freed back to the kernel (see `memory`).
+    let mut trim_tick = tokio::time::interval(TRIM_CHECK);
+    trim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peers_at_last_check = 0;
     loop {
         let blocked = sender.flush(&socket, &mut sfu);
         let deadline = sfu.poll_timeout().unwrap_or_else(idle);
@@ -279,6 +285,13 @@ async fn run(
                 }
             }
             _ = socket.writable(), if blocked => {}
+            _ = trim_tick.tick() => {
+                let peers = sfu.peer_count();
+                if peers < peers_at_last_check {
+                    tokio::task::spawn_blocking(crate::memory::release_free_heap);
+                }
+                peers_at_last_check = peers;
+            }
             _ = &mut sleep => {
                 // Fired: re-arm on the next pass even if the SFU names the same instant.
                 armed = idle();

@@ -140,8 +140,9 @@ pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::R
     let t0 = Instant::now();
     let (ok, failed) = run_phase(cfg.cycles).await;
     let seconds = t0.elapsed().as_secs_f64();
-    // The server tears connections down on timers too; let those run.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The server tears connections down on timers too, and returns freed heap on a 2 s
+    // check after connections close; let both run.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let after = mem(cfg.server_pid);
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), host_task).await;

@@ -367,9 +367,33 @@ pub async fn join_leave_cycle(
                     return Ok(());
                 }
             }
-            let frame = tokio::time::timeout_at(deadline, ws.next())
-                .await
-                .map_err(|_| anyhow!("cycle did not complete in 15 s"))?;
+            // Both connections may come up after the last signaling message, so wait for
+            // their states too, not only for the next frame (which may never come).
+            let settled = async {
+                match (&publish, &subscribe) {
+                    (Some(p), Some(s)) => {
+                        let (mut p, mut s) = (p.state.clone(), s.state.clone());
+                        let up = |x: &PeerState| *x != PeerState::Connecting;
+                        // The guards `wait_for` returns are dropped at once (they are not Send).
+                        let _ = tokio::join!(async { p.wait_for(up).await.map(|_| ()) }, async {
+                            s.wait_for(up).await.map(|_| ())
+                        });
+                    }
+                    _ => std::future::pending::<()>().await,
+                }
+            };
+            let frame = tokio::select! {
+                frame = tokio::time::timeout_at(deadline, ws.next()) => {
+                    frame.map_err(|_| anyhow!("cycle did not complete in 15 s"))?
+                }
+                () = settled => {
+                    let (p, s) = (publish.as_ref(), subscribe.as_ref());
+                    match (p.map(|p| p.current()), s.map(|s| s.current())) {
+                        (Some(PeerState::Connected), Some(PeerState::Connected)) => return Ok(()),
+                        states => bail!("a peer connection did not come up: {states:?}"),
+                    }
+                }
+            };
             let text = match frame {
                 Some(Ok(Message::Text(t))) => t,
                 Some(Ok(_)) => continue,
