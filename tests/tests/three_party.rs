@@ -42,7 +42,17 @@ fn summaries(all: &[Participant]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_parties_then_late_joiner() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    conference(TestServer::start().await?).await
+}
+
+/// The same conference with UDP GSO turned off: the one-datagram-per-call send path, which
+/// servers fall back to where the kernel or device refuses GSO, must forward as exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_parties_then_late_joiner_without_gso() -> anyhow::Result<()> {
+    conference(TestServer::start_with(|c| c.media_gso = false).await?).await
+}
+
+async fn conference(server: TestServer) -> anyhow::Result<()> {
     let links = server.create_room("退院前カンファレンス E2E")?;
 
     // The ward nurse (host) enters directly; the guests wait until she admits them.
