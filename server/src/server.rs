@@ -72,9 +72,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             config.advertised_media_ip()
         );
     }
-    let media = crate::media::start(&config)
-        .await
-        .context("cannot start the media plane")?;
+    let media = crate::media::start(&config).context("cannot start the media plane")?;
     let media_addr = media.local_addr;
     let store = crate::store::Store::open(&config.data_dir)?;
     let audit = crate::audit::Audit::open(

@@ -109,7 +109,7 @@ fn bind_media_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
 /// runtime each one also went through the work-stealing scheduler and could wake a second
 /// worker, which the profile showed as a large share of CPU per packet at small fan-outs.
 /// It also keeps HTTP, TLS and the audit log from ever delaying a packet.
-pub async fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
+pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
     let socket = bind_media_socket(config.media_bind_addr())?;
     let local_addr = socket.local_addr()?;
     let advertised_addr = SocketAddr::new(config.advertised_media_ip(), local_addr.port());
@@ -177,7 +177,7 @@ impl Sender {
                 }
             }
             let to = self.queue[0].to;
-            if self.gso {
+            let run = if self.gso {
                 // Gather what follows for the same peer (the SFU hands out one peer's
                 // outbox at a time); one datagram for the next peer may be taken too.
                 while self.queue.len() < gso::MAX_SEGMENTS
@@ -188,8 +188,6 @@ impl Sender {
                         None => break,
                     }
                 }
-            }
-            let run = if self.gso {
                 gso::next_run(
                     self.queue
                         .iter()
@@ -243,9 +241,7 @@ async fn run(
     let mut buf = vec![0u8; MAX_DATAGRAM];
     // One timer for the loop's life, moved only when the SFU's deadline changes: a fresh
     // `Sleep` per wake-up registered and removed a timer entry for nearly every datagram.
-    let idle = || Instant::now() + Duration::from_secs(3600);
-    let mut armed = idle();
-    let sleep = tokio::time::sleep_until(armed.into());
+    let sleep = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(sleep);
     // After connections close, hand the heap they freed back to the kernel (see `memory`).
     let mut trim_tick = tokio::time::interval(TRIM_CHECK);
@@ -253,10 +249,12 @@ async fn run(
     let mut peers_at_last_check = 0;
     loop {
         let blocked = sender.flush(&socket, &mut sfu);
-        let deadline = sfu.poll_timeout().unwrap_or_else(idle);
-        if deadline != armed {
-            armed = deadline;
-            sleep.as_mut().reset(deadline.into());
+        let deadline = sfu.poll_timeout().map(tokio::time::Instant::from_std);
+        if let Some(d) = deadline {
+            // A fired timer is re-armed even for the same instant, as a fresh one would be.
+            if sleep.is_elapsed() || sleep.deadline() != d {
+                sleep.as_mut().reset(d);
+            }
         }
         tokio::select! {
             biased;
@@ -292,9 +290,7 @@ async fn run(
                 }
                 peers_at_last_check = peers;
             }
-            _ = &mut sleep => {
-                // Fired: re-arm on the next pass even if the SFU names the same instant.
-                armed = idle();
+            _ = &mut sleep, if deadline.is_some() => {
                 sfu.handle_timeout(Instant::now());
             }
         }
