@@ -187,6 +187,25 @@ pub async fn wait_receiving(
         .await
 }
 
+/// Waits, participant by participant in order, until each of `people` has at least
+/// `audio` and `video` packets from every other one of them.
+pub async fn wait_receiving_each_other(
+    people: &[&Participant],
+    audio: usize,
+    video: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    for p in people {
+        let others: Vec<(String, String)> = people
+            .iter()
+            .filter(|o| o.id() != p.id())
+            .map(|o| (o.id().to_owned(), o.tag().to_owned()))
+            .collect();
+        wait_receiving(p, &others, audio, video, timeout).await?;
+    }
+    Ok(())
+}
+
 /// Waits until `receiver`'s packet count from each of `from` (both kinds) exceeds the
 /// counts in `baseline` by at least `more`.
 pub async fn wait_growth(

@@ -7,7 +7,8 @@ use anyhow::{bail, ensure, Context};
 use wardlink_signaling::protocol::{ClientMessage, ServerMessage, MAX_MESSAGE_BYTES};
 use wardlink_signaling::{ErrorCode, Role, PROTOCOL_VERSION};
 use wardlink_tests::checks::{
-    still_flowing, stop_and_snapshot, verify_received_payloads, wait_receiving, PublisherInfo,
+    still_flowing, stop_and_snapshot, verify_received_payloads, wait_receiving_each_other,
+    PublisherInfo,
 };
 use wardlink_tests::harness::{token_for, TestServer};
 use wardlink_tests::rtc_client::{Participant, ParticipantOptions};
@@ -112,22 +113,7 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         .context("nurse admits the care manager")?;
     let pair = [&nurse, &caremgr];
     let flowing = |stage: &'static str| still_flowing(&pair, Duration::from_secs(10), stage);
-    wait_receiving(
-        &nurse,
-        &[(caremgr.id().to_owned(), "caremgr".into())],
-        20,
-        10,
-        Duration::from_secs(30),
-    )
-    .await?;
-    wait_receiving(
-        &caremgr,
-        &[(nurse.id().to_owned(), "nurse".into())],
-        20,
-        10,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_receiving_each_other(&pair, 20, 10, Duration::from_secs(30)).await?;
 
     // --- Before join, on one connection: each error is answered and the socket survives.
     let before = flowing("during pre-join attacks");
@@ -310,14 +296,7 @@ async fn bad_input_is_rejected_while_the_conference_flows() -> anyhow::Result<()
         .await
         .context("nurse admits the surveyor")?;
     let everyone = [&nurse, &caremgr, &surveyor];
-    for p in everyone {
-        let others: Vec<(String, String)> = everyone
-            .iter()
-            .filter(|o| o.id() != p.id())
-            .map(|o| (o.id().to_owned(), o.tag().to_owned()))
-            .collect();
-        wait_receiving(p, &others, 10, 5, Duration::from_secs(30)).await?;
-    }
+    wait_receiving_each_other(&everyone, 10, 5, Duration::from_secs(30)).await?;
 
     let publishers: Vec<PublisherInfo> = stop_and_snapshot(&everyone).await;
     let mut problems = Vec::new();

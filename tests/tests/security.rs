@@ -18,7 +18,8 @@ use wardlink::links::{RoleLink, RoomLinks};
 use wardlink_signaling::protocol::{ClientMessage, ServerMessage, WaitingEntry};
 use wardlink_signaling::{ErrorCode, MediaKind, Role, PROTOCOL_VERSION};
 use wardlink_tests::checks::{
-    ids, still_flowing, stop_and_snapshot, verify_received_payloads, wait_receiving, PublisherInfo,
+    ids, still_flowing, stop_and_snapshot, verify_received_payloads, wait_receiving_each_other,
+    PublisherInfo,
 };
 use wardlink_tests::harness::{token_for, TestServer};
 use wardlink_tests::probe;
@@ -360,22 +361,7 @@ async fn access_control_is_enforced_while_a_conference_runs() -> anyhow::Result<
     let pair = [&nurse, &caremgr];
     let pair_ids = ids(&pair);
     let flowing = |stage: &'static str| still_flowing(&pair, Duration::from_secs(15), stage);
-    wait_receiving(
-        &nurse,
-        &[(caremgr.id().to_owned(), "caremgr".into())],
-        20,
-        10,
-        Duration::from_secs(30),
-    )
-    .await?;
-    wait_receiving(
-        &caremgr,
-        &[(nurse.id().to_owned(), "nurse".into())],
-        20,
-        10,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_receiving_each_other(&pair, 20, 10, Duration::from_secs(30)).await?;
 
     // ---- 1. Tokens that must not get anyone in.
     let during = flowing("during token attacks");
