@@ -9,12 +9,15 @@
 #
 #   tests/bench/run-benchmark.sh [--quick] [--duration SECS] [--out DIR]
 #                                [--only "a b c leak"] [--fanout "1 10 50 100 200"]
+#                                [--load-args "EXTRA wardlink-load ARGS"]
 #
 #   --quick     scenario c and a small fan-out (1, 10 subscribers), no leak check
 #   --duration  measurement window per run (default 20 s; --quick: 10 s)
 #   --out       where the per-run JSON, logs and summary.md go
 #               (default target/bench/<timestamp>)
 #   --only      subset of scenarios: a (fan-out), b (20 rooms x 4), c (1 room x 10), leak
+#   --load-args extra arguments for every scenario run of wardlink-load, e.g.
+#               "--pace-multiplier 0" for publishers that send frames unpaced
 #
 # Scenarios:
 #   a  one publisher, N receive-only subscribers (N from --fanout). The wardlink server is
@@ -34,6 +37,7 @@ duration=""
 out=""
 only="a b c leak"
 fanout="1 10 50 100 200"
+load_args=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; only="a c"; fanout="1 10"; shift ;;
@@ -41,6 +45,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
     --fanout) fanout=$2; shift 2 ;;
+    --load-args) load_args=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -116,6 +121,9 @@ run_case() {
   local label=$1 target=$2; shift 2
   local work="$out/work-$label-$target"
   local args=(--label "$label" --duration "$duration" --json "$out/$label-$target.json")
+  # Word splitting is intended: --load-args holds several arguments.
+  # shellcheck disable=SC2206
+  args+=($load_args)
   wait_quiet
   if [ "$target" = wardlink ]; then
     start_wardlink "$work"
@@ -173,7 +181,7 @@ has() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
   janus --version 2>/dev/null | head -1 || true
   echo "wardlink: $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?') $(cd "$root" && git status --porcelain 2>/dev/null | grep -q . && echo '(with uncommitted changes)')"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command: $0 --duration $duration --only \"$only\" --fanout \"$fanout\""
+  echo "command: $0 --duration $duration --only \"$only\" --fanout \"$fanout\" --load-args \"$load_args\""
 } >"$out/machine.txt"
 cat "$out/machine.txt"
 

@@ -7,6 +7,7 @@
 //! - [`scenario`]: rooms × publishers × subscribers, the measurement window, the report;
 //! - [`leak`]: join/leave cycles against wardlink with RSS before/after;
 //! - [`procstat`]: CPU, memory and UDP drop counters from /proc;
+//! - [`rxstamp`]: kernel receive timestamps for the latency measurement;
 //! - [`stats`], [`histogram`]: counters and the latency histogram;
 //! - [`summary`]: Markdown tables from a directory of reports.
 
@@ -16,6 +17,7 @@ pub mod leak;
 pub mod payload;
 pub mod peer;
 pub mod procstat;
+pub mod rxstamp;
 pub mod scenario;
 pub mod stats;
 pub mod summary;

@@ -67,6 +67,10 @@ struct Cli {
     /// simulcast yet, so the comparison would be one-sided.
     #[arg(long)]
     simulcast: bool,
+    /// Video pacing at this multiple of the video bitrate, as browsers pace (libwebrtc:
+    /// 2.5). 0 sends every frame's packets back to back.
+    #[arg(long, default_value_t = wardlink_load::peer::DEFAULT_PACE_MULTIPLIER)]
+    pace_multiplier: f64,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -213,7 +217,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             setup_timeout: Duration::from_secs(cli.setup_timeout),
             join_concurrency: cli.join_concurrency,
             server_pid,
-            plan: MediaPlan::default(),
+            plan: MediaPlan {
+                pace_multiplier: (cli.pace_multiplier > 0.0).then_some(cli.pace_multiplier),
+                ..MediaPlan::default()
+            },
             bind_ip: cli.bind_ip,
         };
         let report = run(target, cfg).await?;

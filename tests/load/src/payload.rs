@@ -69,14 +69,28 @@ impl StreamKind {
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     epoch: Instant,
+    /// CLOCK_REALTIME at the epoch, ns (kernel receive timestamps use that clock).
+    epoch_realtime_ns: u64,
 }
 
 impl Clock {
     /// Starts the clock now.
     pub fn new() -> Clock {
+        let epoch = Instant::now();
+        let epoch_realtime_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         Clock {
-            epoch: Instant::now(),
+            epoch,
+            epoch_realtime_ns,
         }
+    }
+
+    /// Nanoseconds since the epoch of a CLOCK_REALTIME reading (a kernel timestamp). The
+    /// two clocks are paired once at the epoch; over a run of minutes NTP slewing moves
+    /// them apart by microseconds at most.
+    pub fn ns_from_realtime(&self, realtime_ns: u64) -> u64 {
+        realtime_ns.saturating_sub(self.epoch_realtime_ns)
     }
 
     /// Nanoseconds since the epoch.

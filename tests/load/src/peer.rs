@@ -51,6 +51,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::payload::{self, Clock, RecordInfo, StreamKind, MAGIC};
+use crate::rxstamp;
 use crate::stats::{lock, PublisherCounters, SharedRx, Window};
 
 /// Payload type we offer for Opus.
@@ -65,6 +66,10 @@ const RECV_BUFFER: usize = 4 << 20;
 /// Shortest time between two timeout passes when the connection reports an expired
 /// deadline, so a deadline that never advances cannot spin the task.
 const MIN_TIMEOUT_INTERVAL: Duration = Duration::from_millis(1);
+/// How far behind its schedule the pacer may catch up in one burst after a late wake-up.
+const MAX_PACE_DEBT: Duration = Duration::from_millis(10);
+/// RTP header + SRTP tag + UDP/IP bytes a paced video packet adds to its payload.
+const RTP_OVERHEAD: usize = 12 + 10 + 28;
 
 /// Connection state as the coordinator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +99,10 @@ pub struct MediaPlan {
     pub keyframe_bytes: usize,
     /// A keyframe every this many frames (and on request, at most once a second).
     pub keyframe_every: u32,
+    /// Spread video packets out at this multiple of `video_bitrate`, as WebRTC senders
+    /// do (libwebrtc's pacer uses 2.5): a 30 KB keyframe then leaves over ~80 ms instead
+    /// of in one burst. `None` sends each frame's packets back to back.
+    pub pace_multiplier: Option<f64>,
 }
 
 impl Default for MediaPlan {
@@ -105,9 +114,13 @@ impl Default for MediaPlan {
             video_bitrate: 1_200_000,
             keyframe_bytes: 30_000,
             keyframe_every: 75,
+            pace_multiplier: Some(DEFAULT_PACE_MULTIPLIER),
         }
     }
 }
+
+/// Pacing multiplier of libwebrtc's sender (`kDefaultPaceMultiplier`).
+pub const DEFAULT_PACE_MULTIPLIER: f64 = 2.5;
 
 impl MediaPlan {
     /// Average delta-frame size that, with the periodic keyframe, yields the bitrate.
@@ -116,6 +129,16 @@ impl MediaPlan {
         let per_gop = self.video_bitrate as f64 / 8.0 / fps * f64::from(self.keyframe_every);
         let delta = (per_gop - self.keyframe_bytes as f64) / f64::from(self.keyframe_every - 1);
         delta.max(200.0) as usize
+    }
+
+    /// Time one video packet of `bytes` occupies at the pacing rate (zero unpaced).
+    fn pace_time(&self, bytes: usize) -> Duration {
+        match self.pace_multiplier {
+            Some(m) if m > 0.0 && self.video_bitrate > 0 => {
+                Duration::from_secs_f64((bytes * 8) as f64 / (m * self.video_bitrate as f64))
+            }
+            _ => Duration::ZERO,
+        }
     }
 }
 
@@ -269,6 +292,11 @@ impl Peer {
             .await
             .context("binding a UDP socket")?;
         widen_recv_buffer(&socket);
+        if !rxstamp::enable(&socket) {
+            tracing::debug!(
+                "no kernel receive timestamps: latency includes the generator's scheduling"
+            );
+        }
         let local = socket.local_addr()?;
         let mut me = MediaEngine::default();
         me.register_codec(
@@ -449,6 +477,22 @@ struct Sender {
     last_keyframe: Instant,
     rng: u32,
     buf: Vec<u8>,
+    /// Video packets generated but not yet released by the pacer, oldest first.
+    paced: VecDeque<PendingVideo>,
+    /// When the pacer may release the next video packet.
+    next_paced: Instant,
+}
+
+/// A video packet waiting in the pacer. Its payload (with the send time) is written when
+/// it is released, so pacing delay is not counted as server latency.
+struct PendingVideo {
+    frame: u32,
+    part: u16,
+    parts: u16,
+    keyframe: bool,
+    record_len: usize,
+    rtp_seq: u16,
+    rtp_ts: u32,
 }
 
 impl Sender {
@@ -460,7 +504,12 @@ impl Sender {
     }
 
     fn next_due(&self) -> Instant {
-        self.next_audio.min(self.next_video)
+        let media = self.next_audio.min(self.next_video);
+        if self.paced.is_empty() {
+            media
+        } else {
+            media.min(self.next_paced)
+        }
     }
 }
 
@@ -553,41 +602,27 @@ fn send_due(pc: &mut RTCPeerConnection, s: &mut Sender, clock: &Clock, window: &
         let jitter = (s.rand() % 31) as usize;
         let bytes = base * (85 + jitter) / 100;
         let (parts, per) = payload::split_frame(bytes);
+        if s.paced.is_empty() {
+            // An idle pacer has no budget saved up: this frame starts now.
+            s.next_paced = s.next_paced.max(now);
+        }
         for part in 0..parts {
-            let seq = s.counters.next(StreamKind::Video);
-            let send_ns = clock.now_ns();
-            let info = RecordInfo {
-                kind: StreamKind::Video,
-                layer: 0,
-                publisher: s.index,
-                seq,
-                send_ns,
+            s.paced.push_back(PendingVideo {
                 frame: s.frame,
                 part,
                 parts,
-            };
-            payload::video_payload(&mut s.buf, &info, keyframe, per);
-            let header = rtc::rtp::header::Header {
-                version: 2,
-                marker: part + 1 == parts,
-                payload_type: s.video.1,
-                sequence_number: s.video_rtp_seq,
-                timestamp: s.video_ts,
-                ssrc: s.video.0,
-                ..Default::default()
-            };
-            let ok = write_rtp(pc, now, header, Bytes::copy_from_slice(&s.buf));
-            if ok {
-                s.counters.sent(StreamKind::Video, window.contains(send_ns));
-            } else {
-                s.counters.send_errors.fetch_add(1, Ordering::Relaxed);
-            }
+                keyframe,
+                record_len: per,
+                rtp_seq: s.video_rtp_seq,
+                rtp_ts: s.video_ts,
+            });
             s.video_rtp_seq = s.video_rtp_seq.wrapping_add(1);
         }
         s.video_ts = s.video_ts.wrapping_add(3000);
         s.frame += 1;
         s.next_video += s.plan.video_interval;
     }
+    release_paced(pc, s, now, clock, window);
     // Far behind (the generator was starved): skip ahead instead of bursting, and let
     // the lag histogram tell.
     if s.next_audio + Duration::from_millis(200) < now {
@@ -595,6 +630,53 @@ fn send_due(pc: &mut RTCPeerConnection, s: &mut Sender, clock: &Clock, window: &
     }
     if s.next_video + Duration::from_millis(200) < now {
         s.next_video = now;
+    }
+}
+
+/// Sends the video packets the pacer allows at `now`: one packet's worth of time per
+/// packet at the pacing rate, everything at once when unpaced.
+fn release_paced(
+    pc: &mut RTCPeerConnection,
+    s: &mut Sender,
+    now: Instant,
+    clock: &Clock,
+    window: &Window,
+) {
+    // A late wake-up catches up, but by no more than MAX_PACE_DEBT in one burst.
+    if let Some(floor) = now.checked_sub(MAX_PACE_DEBT) {
+        s.next_paced = s.next_paced.max(floor);
+    }
+    while s.next_paced <= now {
+        let Some(p) = s.paced.pop_front() else { break };
+        let seq = s.counters.next(StreamKind::Video);
+        let send_ns = clock.now_ns();
+        let info = RecordInfo {
+            kind: StreamKind::Video,
+            layer: 0,
+            publisher: s.index,
+            seq,
+            send_ns,
+            frame: p.frame,
+            part: p.part,
+            parts: p.parts,
+        };
+        payload::video_payload(&mut s.buf, &info, p.keyframe, p.record_len);
+        let header = rtc::rtp::header::Header {
+            version: 2,
+            marker: p.part + 1 == p.parts,
+            payload_type: s.video.1,
+            sequence_number: p.rtp_seq,
+            timestamp: p.rtp_ts,
+            ssrc: s.video.0,
+            ..Default::default()
+        };
+        s.next_paced += s.plan.pace_time(s.buf.len() + RTP_OVERHEAD);
+        let ok = write_rtp(pc, now, header, Bytes::copy_from_slice(&s.buf));
+        if ok {
+            s.counters.sent(StreamKind::Video, window.contains(send_ns));
+        } else {
+            s.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -663,6 +745,8 @@ async fn run(
                         last_keyframe: now,
                         rng: rand::random::<u32>() | 1,
                         buf: Vec::with_capacity(payload::MAX_RTP_PAYLOAD),
+                        paced: VecDeque::new(),
+                        next_paced: now,
                         plan,
                     }
                 }),
@@ -698,26 +782,13 @@ async fn run(
                 }
             }
         }
-        while let Some(TaggedRTCMessage { message, .. }) = pc.poll_read() {
-            match message {
-                RTCMessage::RtpPacket(_, packet) if rx.is_some() => {
-                    batch.push_back((clock.now_ns(), packet.payload));
-                }
-                RTCMessage::RtcpPacket(_, packets) => {
-                    if let Some(s) = sender.as_mut() {
-                        let wants = packets.iter().any(|p| {
-                            let any = p.as_any();
-                            any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-                        });
-                        if wants {
-                            s.keyframe_wanted = true;
-                            s.counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
+        drain_reads(
+            &mut pc,
+            sender.as_mut(),
+            rx.is_some(),
+            clock.now_ns(),
+            &mut batch,
+        );
         if let Some(rx) = &rx {
             if !batch.is_empty() {
                 let mut rx = lock(rx);
@@ -758,12 +829,16 @@ async fn run(
                     return;
                 }
             },
-            r = socket.recv_from(&mut buf) => {
-                if let Ok((n, from)) = r {
-                    read_one(&mut pc, local, from, &buf[..n]);
-                    for _ in 1..READ_BATCH {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, from)) => read_one(&mut pc, local, from, &buf[..n]),
+            r = socket.readable() => {
+                if r.is_ok() {
+                    for _ in 0..READ_BATCH {
+                        match rxstamp::try_recv(&socket, &mut buf) {
+                            Ok((n, from, stamp)) => {
+                                read_one(&mut pc, local, from, &buf[..n]);
+                                // Each datagram's packets get its own arrival time.
+                                let at = stamp.map_or_else(|| clock.now_ns(), |t| clock.ns_from_realtime(t));
+                                drain_reads(&mut pc, sender.as_mut(), rx.is_some(), at, &mut batch);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -786,6 +861,36 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Takes what the connection decoded: RTP for the subscriber's checks (stamped `at_ns`),
+/// keyframe requests for the publisher.
+fn drain_reads(
+    pc: &mut RTCPeerConnection,
+    sender: Option<&mut Sender>,
+    receiving: bool,
+    at_ns: u64,
+    batch: &mut VecDeque<(u64, Bytes)>,
+) {
+    let mut wants_keyframe = false;
+    while let Some(TaggedRTCMessage { message, .. }) = pc.poll_read() {
+        match message {
+            RTCMessage::RtpPacket(_, packet) if receiving => {
+                batch.push_back((at_ns, packet.payload));
+            }
+            RTCMessage::RtcpPacket(_, packets) => {
+                wants_keyframe |= packets.iter().any(|p| {
+                    let any = p.as_any();
+                    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                });
+            }
+            _ => {}
+        }
+    }
+    if let (true, Some(s)) = (wants_keyframe, sender) {
+        s.keyframe_wanted = true;
+        s.counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -861,4 +966,29 @@ impl Interceptor for KeyframeRequestTap {
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_spreads_a_keyframe_like_a_browser() {
+        let plan = MediaPlan::default();
+        // 2.5 × 1.2 Mbit/s = 3 Mbit/s: a 1,250-byte datagram every 3.33 ms.
+        let one = plan.pace_time(1250);
+        assert!((one.as_secs_f64() - 0.003_333).abs() < 1e-5, "{one:?}");
+        // A 30 KB keyframe leaves over ~80 ms, not in one burst.
+        let (parts, per) = payload::split_frame(plan.keyframe_bytes);
+        let keyframe = plan.pace_time(per + RTP_OVERHEAD) * u32::from(parts);
+        assert!(
+            keyframe > Duration::from_millis(75) && keyframe < Duration::from_millis(90),
+            "{keyframe:?}"
+        );
+        let unpaced = MediaPlan {
+            pace_multiplier: None,
+            ..MediaPlan::default()
+        };
+        assert_eq!(unpaced.pace_time(1250), Duration::ZERO);
+    }
 }

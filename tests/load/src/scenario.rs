@@ -215,7 +215,10 @@ pub struct Report {
     pub forwarded_mbps: f64,
     /// Publishers' packets per second into the server.
     pub ingress_pps: f64,
-    /// One-way latency publisher → server → subscriber, all packets.
+    /// Video pacing multiplier the publishers used (`None`: frames sent back to back).
+    pub pace_multiplier: Option<f64>,
+    /// One-way latency publisher → server → subscriber, all packets: from the send time
+    /// in the payload to the kernel's receive timestamp on the subscriber's socket.
     pub latency: Latency,
     /// Audio only.
     pub latency_audio: Latency,
@@ -566,6 +569,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     Ok(Report {
         target: target.name().to_owned(),
         label: cfg.label.clone(),
+        pace_multiplier: cfg.plan.pace_multiplier,
         rooms: cfg.rooms,
         publishers_per_room: cfg.publishers,
         subscribers_per_room: cfg.subscribers,
@@ -667,6 +671,10 @@ pub fn print_table(r: &Report) {
         r.corrupt,
         r.unexpected_packets
     );
+    match r.pace_multiplier {
+        Some(m) => println!("  publishers' video paced at {m}x its bitrate"),
+        None => println!("  publishers' video frames sent back to back (unpaced)"),
+    }
     println!(
         "  latency ms: p50 {:.2}  p99 {:.2}  max {:.2}   (audio p99 {:.2}, video p99 {:.2})",
         ms(r.latency.p50_us),

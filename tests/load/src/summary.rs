@@ -81,6 +81,20 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
 
     let mut out = String::new();
     writeln!(out, "### Runs\n")?;
+    let mut pacing: Vec<String> = runs
+        .values()
+        .map(|r| match r.get("pace_multiplier") {
+            Some(serde_json::Value::Number(m)) => format!(
+                "video paced at {m}x its bitrate; latency from the send time to the kernel's receive timestamp at the subscriber"
+            ),
+            Some(_) => "video frames sent back to back; latency from the send time to the kernel's receive timestamp at the subscriber".to_owned(),
+            // Reports written before pacing and kernel timestamps existed.
+            None => "video frames sent back to back; latency from the send time to the subscriber task reading the packet".to_owned(),
+        })
+        .collect();
+    pacing.sort();
+    pacing.dedup();
+    writeln!(out, "Publishers: {}.\n", pacing.join(" / "))?;
     writeln!(
         out,
         "| scenario | server | participants | streams | fwd pkt/s | fwd Mbit/s | loss % | lat p50 ms | lat p99 ms | lat max ms | server CPU (cores) | CPU ms per Mbit | RSS before MiB | RSS max MiB | RSS per participant KiB | generator CPU | generator lag p99 ms | UDP drops server / others | machine busy / other cores |"
