@@ -8,23 +8,26 @@ pub mod codecs;
 pub mod demux;
 pub mod forwarder;
 pub mod gso;
+pub mod recv_batch;
 pub mod sfu;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::mpsc;
 use wardlink_signaling::protocol::ParticipantId;
 use wardlink_signaling::room::{MediaCommand, MediaEvent};
 
 use sfu::{Sfu, SfuConfig, SfuStats};
 
-/// Largest datagram read; anything bigger than a path MTU is not WebRTC.
-const MAX_DATAGRAM: usize = 2048;
-/// Datagrams read per wake-up before giving commands and timers a turn.
-const READ_BATCH: usize = 64;
+/// `recvmmsg` calls per wake-up (each up to [`recv_batch::BATCH`] datagrams) before
+/// commands and timers get a turn.
+const READ_ROUNDS: usize = 2;
 /// How often the loop checks whether connections closed, to return freed heap.
 const TRIM_CHECK: Duration = Duration::from_secs(2);
 
@@ -127,10 +130,12 @@ pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
         .name("media".into())
         .spawn(move || {
             runtime.block_on(async move {
-                // Registered with this thread's reactor, so it must be converted here.
-                match UdpSocket::from_std(socket) {
+                // Registered with this thread's reactor, so it must be done here. Only
+                // for reading: registered for writing too, every datagram sent would
+                // raise an EPOLLOUT edge and one more trip through the loop.
+                match register(socket, Interest::READABLE) {
                     Ok(socket) => {
-                        let sender = Sender::new(&socket, gso);
+                        let sender = Sender::new(socket.get_ref(), gso);
                         run(socket, sfu, rx, sender).await
                     }
                     Err(e) => tracing::error!(%e, "media socket could not join the event loop"),
@@ -143,6 +148,13 @@ pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
         advertised_addr,
         tx,
     })
+}
+
+/// Registers `socket` with the current thread's reactor for `interest` only.
+fn register(socket: UdpSocket, interest: Interest) -> std::io::Result<AsyncFd<UdpSocket>> {
+    // SAFETY: a `UdpSocket` owns its descriptor: it stays open, and `as_raw_fd` returns the
+    // same one, until the socket (owned by the `AsyncFd` from here on) is dropped.
+    unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(|e| e.into_parts().1)
 }
 
 /// Hands the SFU's datagrams to the kernel: runs of equal-sized datagrams to one peer in
@@ -198,17 +210,14 @@ impl Sender {
                 1
             };
             let result = if run == 1 {
-                socket.try_send_to(&self.queue[0].payload, to)
+                socket.send_to(&self.queue[0].payload, to)
             } else {
                 self.scratch.clear();
                 for t in self.queue.iter().take(run) {
                     self.scratch.extend_from_slice(&t.payload);
                 }
                 let segment = self.queue[0].payload.len() as u16;
-                let scratch = &self.scratch;
-                socket.try_io(tokio::io::Interest::WRITABLE, || {
-                    gso::send_run(socket, to, scratch, segment)
-                })
+                gso::send_run(socket, to, &self.scratch, segment)
             };
             match result {
                 Ok(_) => {
@@ -233,12 +242,14 @@ impl Sender {
 /// The event loop: flush what the SFU wants sent, then wait for a datagram, a request
 /// or the next protocol deadline.
 async fn run(
-    socket: UdpSocket,
+    socket: AsyncFd<UdpSocket>,
     mut sfu: Sfu,
     mut rx: mpsc::UnboundedReceiver<Request>,
     mut sender: Sender,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut batch = recv_batch::RecvBatch::default();
+    // Registered for writing only while a send found the kernel buffer full (see `start`).
+    let mut writable: Option<AsyncFd<UdpSocket>> = None;
     // One timer for the loop's life, moved only when the SFU's deadline changes: a fresh
     // `Sleep` per wake-up registered and removed a timer entry for nearly every datagram.
     let sleep = tokio::time::sleep(Duration::ZERO);
@@ -248,7 +259,17 @@ async fn run(
     trim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut peers_at_last_check = 0;
     loop {
-        let blocked = sender.flush(&socket, &mut sfu);
+        let blocked = sender.flush(socket.get_ref(), &mut sfu);
+        if blocked && writable.is_none() {
+            writable = socket
+                .get_ref()
+                .try_clone()
+                .and_then(|dup| register(dup, Interest::WRITABLE))
+                .map_err(|e| tracing::warn!(%e, "cannot wait for the media socket to drain"))
+                .ok();
+        } else if !blocked {
+            writable = None;
+        }
         let deadline = sfu.poll_timeout().map(tokio::time::Instant::from_std);
         if let Some(d) = deadline {
             // A fired timer is re-armed even for the same instant, as a fresh one would be.
@@ -267,22 +288,52 @@ async fn run(
                     handle_request(&mut sfu, now, request);
                 }
             }
-            received = socket.recv_from(&mut buf) => {
-                match received {
-                    Ok((n, from)) => {
-                        sfu.handle_datagram(Instant::now(), from, &buf[..n]);
-                        for _ in 1..READ_BATCH {
-                            match socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => sfu.handle_datagram(Instant::now(), from, &buf[..n]),
-                                Err(_) => break,
+            ready = socket.readable() => {
+                let mut guard = match ready {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        tracing::error!(%e, "media socket reactor failed");
+                        return;
+                    }
+                };
+                let now = Instant::now();
+                for _ in 0..READ_ROUNDS {
+                    match batch.recv(socket.get_ref()) {
+                        Ok(n) => {
+                            for i in 0..n {
+                                if let (Some(from), data) = batch.get(i) {
+                                    sfu.handle_datagram(now, from, data);
+                                }
+                            }
+                            if n < recv_batch::BATCH {
+                                // Fewer than asked for: the queue is empty, no need to
+                                // read again just to see EAGAIN.
+                                guard.clear_ready();
+                                break;
                             }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            guard.clear_ready();
+                            break;
+                        }
+                        // ICMP port unreachable from a vanished peer shows up here on
+                        // Linux; what is queued behind it is read on the next round.
+                        Err(e) => tracing::trace!(%e, "recv failed"),
                     }
-                    // ICMP port unreachable from a vanished peer shows up here on Linux.
-                    Err(e) => tracing::trace!(%e, "recv failed"),
                 }
             }
-            _ = socket.writable(), if blocked => {}
+            _ = async {
+                match writable.as_ref() {
+                    // Cleared before the next flush tries again, so a send that still
+                    // finds the buffer full waits for the next edge instead of spinning.
+                    Some(fd) => {
+                        if let Ok(mut guard) = fd.writable().await {
+                            guard.clear_ready();
+                        }
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            }, if blocked => {}
             _ = trim_tick.tick() => {
                 let peers = sfu.peer_count();
                 if peers < peers_at_last_check {

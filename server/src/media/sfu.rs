@@ -125,8 +125,25 @@ struct Peer {
     connected: bool,
     /// When the connect watchdog fires if not yet connected.
     connect_deadline: Option<Instant>,
+    /// `pc.poll_timeout()` as of the last time the connection was touched.
+    timer: Option<Instant>,
+    /// The connection was touched since `timer` was read. Asking every connection for its
+    /// deadline on every wake-up walked each one's ICE, DTLS and interceptor timers, for
+    /// every peer, for nearly every datagram.
+    timer_stale: bool,
     outbox: VecDeque<TaggedBytesMut>,
     side: Side,
+}
+
+impl Peer {
+    /// The connection's next protocol deadline, re-read only if it was touched since.
+    fn timer(&mut self) -> Option<Instant> {
+        if self.timer_stale {
+            self.timer = self.pc.poll_timeout();
+            self.timer_stale = false;
+        }
+        self.timer
+    }
 }
 
 /// A participant known to the media plane.
@@ -212,6 +229,10 @@ impl Sfu {
 
     /// Applies one command from a room.
     pub fn handle_command(&mut self, now: Instant, command: MediaCommand) {
+        // Commands are rare (joins, leaves, renegotiation) and may touch any connection.
+        for peer in self.peers.values_mut() {
+            peer.timer_stale = true;
+        }
         match command {
             MediaCommand::Publish {
                 participant,
@@ -269,6 +290,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        peer.timer_stale = true;
         let result = peer.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -290,7 +312,7 @@ impl Sfu {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.peers
             .values_mut()
-            .flat_map(|p| [p.pc.poll_timeout(), p.connect_deadline])
+            .flat_map(|p| [p.timer(), p.connect_deadline])
             .flatten()
             .min()
     }
@@ -300,10 +322,11 @@ impl Sfu {
         let due: Vec<PeerId> = self
             .peers
             .iter_mut()
-            .filter_map(|(id, p)| p.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*id))
+            .filter_map(|(id, p)| p.timer().is_some_and(|t| t <= now).then_some(*id))
             .collect();
         for id in due {
             if let Some(peer) = self.peers.get_mut(&id) {
+                peer.timer_stale = true;
                 if let Err(err) = peer.pc.handle_timeout(now) {
                     tracing::debug!(peer = id, %err, "timeout handling failed");
                 }
@@ -412,6 +435,8 @@ impl Sfu {
                 pc,
                 connected: false,
                 connect_deadline: None,
+                timer: None,
+                timer_stale: true,
                 outbox: VecDeque::new(),
                 side,
             },
@@ -811,6 +836,7 @@ impl Sfu {
             media_ssrc: track.ssrc,
         };
         let receiver_id = track.receiver_id;
+        peer.timer_stale = true;
         if let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) {
             match receiver.write_rtcp(now, vec![Box::new(pli)]) {
                 Ok(()) => self.stats.keyframe_requests += 1,
@@ -1096,6 +1122,9 @@ fn drain_into_outbox(
     ready: &mut VecDeque<PeerId>,
     stats: &mut SfuStats,
 ) {
+    // Every path that feeds a connection (datagram, timeout, forwarded packet, RTCP)
+    // ends here, so this is where its deadline may have moved.
+    peer.timer_stale = true;
     let was_empty = peer.outbox.is_empty();
     while let Some(msg) = peer.pc.poll_write() {
         if peer.outbox.len() >= OUTBOX_LIMIT {
