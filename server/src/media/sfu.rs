@@ -8,7 +8,7 @@
 //! Media is forwarded inside the same call that received it: no task hop, no lock, no
 //! queue between publisher and subscriber other than each subscriber's bounded outbox.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc::UnboundedSender;
@@ -113,6 +113,13 @@ enum Side {
         by_track_id: HashMap<String, TrackRef>,
         /// Counter making every sender track id unique within the connection.
         next_track: u64,
+        /// Rewriters of removed legs, by the transceiver they used. `rtc` keeps statistics
+        /// for every SSRC a connection ever sent (they are never dropped) and gives a
+        /// freed transceiver to the next track of its kind, so the next leg on that
+        /// transceiver takes the old SSRC over, numbering continued as at a source switch.
+        /// With a fresh SSRC per leg, a participant who stayed while others came and went
+        /// grew by one statistics entry per leg (the leak check's growth).
+        spare: BTreeMap<RTCRtpTransceiverId, (RtpCodecKind, LegRewriter)>,
         /// An answer has been applied at least once.
         answered: bool,
     },
@@ -167,6 +174,14 @@ fn kind_index(kind: MediaKind) -> usize {
         MediaKind::Screen => 2,
     }
 }
+/// The `rtc` media kind a track of `kind` is sent as (screen share is video).
+fn rtc_kind(kind: MediaKind) -> RtpCodecKind {
+    match kind {
+        MediaKind::Audio => RtpCodecKind::Audio,
+        MediaKind::Video | MediaKind::Screen => RtpCodecKind::Video,
+    }
+}
+
 fn kind_name(kind: MediaKind) -> &'static str {
     match kind {
         MediaKind::Audio => "audio",
@@ -553,6 +568,7 @@ impl Sfu {
                             legs: HashMap::new(),
                             by_track_id: HashMap::new(),
                             next_track: 0,
+                            spare: BTreeMap::new(),
                             answered: false,
                         },
                     );
@@ -603,6 +619,7 @@ impl Sfu {
             legs,
             by_track_id,
             next_track,
+            spare,
             ..
         } = &mut peer.side
         else {
@@ -618,15 +635,23 @@ impl Sfu {
                 if !keep {
                     if let Some(leg) = slot.take() {
                         by_track_id.remove(&leg.track_id);
-                        removed.push((publisher.clone(), kind, leg.sender_id));
+                        removed.push((publisher.clone(), kind, leg.sender_id, Some(leg.rewriter)));
                     }
                 }
             }
         }
         legs.retain(|_, slots| slots.iter().any(Option::is_some));
-        for (_, _, sender_id) in &removed {
-            if let Err(e) = peer.pc.remove_track(*sender_id) {
-                tracing::debug!(%e, "remove_track failed");
+        for (_, kind, sender_id, rewriter) in removed.iter_mut() {
+            match peer.pc.remove_track(*sender_id) {
+                Ok(()) => {
+                    if let Some(rewriter) = rewriter.take() {
+                        spare.insert(
+                            RTCRtpTransceiverId::from(*sender_id),
+                            (rtc_kind(*kind), rewriter),
+                        );
+                    }
+                }
+                Err(e) => tracing::debug!(%e, "remove_track failed"),
             }
         }
         // Add new legs.
@@ -640,11 +665,17 @@ impl Sfu {
             }
             *next_track += 1;
             let track_id = format!("{}-{}-{}", t.publisher, kind_name(t.kind), next_track);
-            let ssrc = rand::random::<u32>() | 1;
-            let rtc_kind = match t.kind {
-                MediaKind::Audio => RtpCodecKind::Audio,
-                MediaKind::Video | MediaKind::Screen => RtpCodecKind::Video,
-            };
+            let rtc_kind = rtc_kind(t.kind);
+            // `rtc` hands this track the lowest freed transceiver of its kind: reuse the
+            // SSRC that transceiver carried (see `spare`).
+            let reused = spare
+                .iter()
+                .find(|(_, (k, _))| *k == rtc_kind)
+                .map(|(index, _)| *index)
+                .and_then(|index| spare.remove(&index).map(|(_, r)| (index, r)));
+            let ssrc = reused
+                .as_ref()
+                .map_or_else(|| rand::random::<u32>() | 1, |(_, r)| r.ssrc());
             let track = MediaStreamTrack::new(
                 t.publisher.clone(),
                 track_id.clone(),
@@ -661,23 +692,42 @@ impl Sfu {
             );
             match peer.pc.add_track(track) {
                 Ok(sender_id) => {
-                    let step = if t.kind == MediaKind::Audio {
-                        960
-                    } else {
-                        3000
+                    let rewriter = match reused {
+                        Some((index, rewriter)) => {
+                            let got = RTCRtpTransceiverId::from(sender_id);
+                            if index != got {
+                                // Still valid (the SSRC moved to another m-line), just
+                                // not what `rtc` was expected to do.
+                                tracing::debug!(index, got, "reused SSRC on another transceiver");
+                            }
+                            rewriter
+                        }
+                        None => {
+                            let step = if rtc_kind == RtpCodecKind::Audio {
+                                960
+                            } else {
+                                3000
+                            };
+                            LegRewriter::new(ssrc, 0, step)
+                        }
                     };
                     *slot = Some(Leg {
                         sender_id,
                         track_id: track_id.clone(),
                         mime: codec.mime_type.clone(),
                         fmtp: codec.sdp_fmtp_line.clone(),
-                        rewriter: LegRewriter::new(ssrc, 0, step),
+                        rewriter,
                         negotiated: false,
                     });
                     by_track_id.insert(track_id, t.clone());
                     added.push(t);
                 }
-                Err(e) => tracing::warn!(%e, "add_track failed"),
+                Err(e) => {
+                    tracing::warn!(%e, "add_track failed");
+                    if let Some((index, rewriter)) = reused {
+                        spare.insert(index, (rtc_kind, rewriter));
+                    }
+                }
             }
         }
         let offer = (|| {
@@ -685,7 +735,7 @@ impl Sfu {
             peer.pc.set_local_description(now, offer.clone())?;
             Ok::<_, rtc::shared::error::Error>(offer.sdp)
         })();
-        for (publisher, kind, _) in removed {
+        for (publisher, kind, _, _) in removed {
             if let Some(r) = self.routes.get_mut(&publisher) {
                 r[kind_index(kind)].retain(|p| *p != id);
             }
