@@ -8,6 +8,7 @@
 //! - [`leak`]: join/leave cycles against wardlink with RSS before/after;
 //! - [`procstat`]: CPU, memory and UDP drop counters from /proc;
 //! - [`rxstamp`]: kernel receive timestamps for the latency measurement;
+//! - [`sockopt`]: integer socket options (receive buffer, timestamps);
 //! - [`stats`], [`histogram`]: counters and the latency histogram;
 //! - [`summary`]: Markdown tables from a directory of reports.
 
@@ -19,6 +20,7 @@ pub mod peer;
 pub mod procstat;
 pub mod rxstamp;
 pub mod scenario;
+pub mod sockopt;
 pub mod stats;
 pub mod summary;
 pub mod tls;

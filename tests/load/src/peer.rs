@@ -51,8 +51,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::payload::{self, Clock, RecordInfo, StreamKind, MAGIC};
-use crate::rxstamp;
 use crate::stats::{lock, PublisherCounters, SharedRx, Window};
+use crate::{rxstamp, sockopt};
 
 /// Payload type we offer for Opus.
 const OPUS_PT: u8 = 111;
@@ -266,19 +266,7 @@ fn vp8() -> RTCRtpCodec {
 
 /// Widens a UDP socket's receive buffer as far as the kernel allows.
 fn widen_recv_buffer(socket: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let size = RECV_BUFFER as libc::c_int;
-    // SAFETY: setsockopt on a valid, owned fd with a correctly sized int option.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
+    if !sockopt::set_int(socket, libc::SO_RCVBUF, RECV_BUFFER as libc::c_int) {
         tracing::debug!("SO_RCVBUF not widened");
     }
 }

@@ -16,18 +16,7 @@ use tokio::net::UdpSocket;
 /// Asks the kernel to stamp datagrams arriving on `socket`. Returns false if it refused
 /// (then [`try_recv`] returns no stamps and the caller falls back to its own clock).
 pub fn enable(socket: &UdpSocket) -> bool {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt on a valid, owned fd with a correctly sized int option.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    rc == 0
+    crate::sockopt::set_int(socket, libc::SO_TIMESTAMPNS, 1)
 }
 
 /// One datagram: length, sender, and the kernel's arrival time (CLOCK_REALTIME, ns) if
