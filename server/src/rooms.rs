@@ -206,6 +206,105 @@ impl Registry {
     }
 }
 
+/// Most requests a room takes into one batch before it sends anything.
+const MAX_BATCH: usize = 64;
+
+/// One item of a room task's batch.
+enum Batch {
+    Request(RoomRequest),
+    Media(MediaEvent),
+}
+
+/// Turns a session's request into the room's input, recording who joined. `None` for the
+/// disconnect of someone the room no longer holds: their session goes on `forget`, to be
+/// dropped only after the batch's outputs went out (a `leave` and the disconnect right
+/// behind it often share a batch, and the `bye` of the first must still reach them).
+#[allow(clippy::too_many_arguments)]
+fn accept(
+    request: RoomRequest,
+    room: &Room,
+    sessions: &mut HashMap<ParticipantId, mpsc::Sender<Outbound>>,
+    forget: &mut Vec<ParticipantId>,
+    identities: &mut HashMap<ParticipantId, (IpAddr, String, Role, String)>,
+    registry: &Registry,
+    media_tx: &mpsc::UnboundedSender<MediaEvent>,
+    room_id: &str,
+) -> Option<Input> {
+    match request {
+        RoomRequest::Join {
+            participant,
+            display_name,
+            claims,
+            session,
+            peer,
+            must_wait,
+            second_device,
+        } => {
+            sessions.insert(participant.clone(), session);
+            identities.insert(
+                participant.clone(),
+                (peer, display_name.clone(), claims.role, claims.jti.clone()),
+            );
+            registry.media.attach(participant.clone(), media_tx.clone());
+            tracing::info!(room = %room_id, participant = %participant, role = %claims.role, "join");
+            Some(Input::Join {
+                participant,
+                display_name,
+                role: claims.role,
+                invitation: claims.jti,
+                must_wait,
+                second_device,
+            })
+        }
+        RoomRequest::Client {
+            participant,
+            message,
+        } => Some(Input::Client {
+            participant,
+            message,
+        }),
+        RoomRequest::Disconnected { participant } => {
+            if room.contains(&participant) {
+                Some(Input::Disconnected { participant })
+            } else {
+                forget.push(participant);
+                None
+            }
+        }
+    }
+}
+
+/// Drops every roster message that the same participant's next message in `outputs`
+/// replaces with a newer roster. A roster is the whole list, so the client ends in the same
+/// state; nothing else is dropped or reordered, and a roster followed by anything else
+/// (an offer, a close) is kept. Everyone leaving a room of N at once otherwise sends
+/// N²/2 rosters of up to N entries.
+fn coalesce_rosters(outputs: Vec<Output>) -> Vec<Output> {
+    // Walking backwards: whether the next message each participant gets is a roster.
+    let mut next_is_roster: HashMap<ParticipantId, bool> = HashMap::new();
+    let mut keep = vec![true; outputs.len()];
+    for (i, output) in outputs.iter().enumerate().rev() {
+        match output {
+            Output::Send { to, message } => {
+                let is_roster = matches!(message, ServerMessage::Roster { .. });
+                if is_roster && next_is_roster.get(to).copied().unwrap_or(false) {
+                    keep[i] = false;
+                }
+                next_is_roster.insert(to.clone(), is_roster);
+            }
+            Output::Close { participant } => {
+                next_is_roster.insert(participant.clone(), false);
+            }
+            _ => {}
+        }
+    }
+    outputs
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(o, k)| k.then_some(o))
+        .collect()
+}
+
 /// One room's task.
 async fn run_room(
     mut room: Room,
@@ -219,113 +318,123 @@ async fn run_room(
     let mut identities: HashMap<ParticipantId, (IpAddr, String, Role, String)> = HashMap::new();
     let room_id = room.id().to_string();
     loop {
-        let input = tokio::select! {
+        let first = tokio::select! {
             request = rx.recv() => match request {
-                Some(RoomRequest::Join { participant, display_name, claims, session, peer, must_wait, second_device }) => {
-                    sessions.insert(participant.clone(), session);
-                    identities.insert(participant.clone(), (peer, display_name.clone(), claims.role, claims.jti.clone()));
-                    registry.media.attach(participant.clone(), media_tx.clone());
-                    tracing::info!(room = %room_id, participant = %participant, role = %claims.role, "join");
-                    Input::Join {
-                        participant,
-                        display_name,
-                        role: claims.role,
-                        invitation: claims.jti,
-                        must_wait,
-                        second_device,
-                    }
-                }
-                Some(RoomRequest::Client { participant, message }) => Input::Client { participant, message },
-                Some(RoomRequest::Disconnected { participant }) => {
-                    if !room.contains(&participant) {
-                        sessions.remove(&participant);
-                        continue;
-                    }
-                    Input::Disconnected { participant }
-                }
+                Some(request) => Batch::Request(request),
                 None => return,
             },
-            Some(event) = media_rx.recv() => Input::Media(event),
-        };
-        let mut queue = vec![input];
-        while let Some(input) = queue.pop() {
-            for output in room.handle(Instant::now(), input) {
-                match output {
-                    Output::Send { to, message } => {
-                        let Some(session) = sessions.get(&to) else {
-                            continue;
-                        };
-                        if let ServerMessage::Error { code, fatal, .. } = &message {
-                            tracing::info!(room = %room_id, participant = %to, %code, fatal, "error sent");
-                        }
-                        if session.try_send(Outbound::Message(message)).is_err() {
-                            // Too slow to keep up (or gone): drop them rather than let one
-                            // client hold up the room.
-                            tracing::warn!(room = %room_id, participant = %to, "session queue full, disconnecting");
-                            let _ = session.try_send(Outbound::Close);
-                            sessions.remove(&to);
-                            queue.push(Input::Disconnected { participant: to });
-                        }
-                    }
-                    Output::Close { participant } => {
-                        if let Some(session) = sessions.remove(&participant) {
-                            let _ = session.try_send(Outbound::Close);
-                        }
-                    }
-                    Output::Media(command) => {
-                        if let MediaCommand::Remove { participant } = &command {
-                            sessions.remove(participant);
-                            // Its `leave` is already recorded (the room audits before it
-                            // removes), so the identity can go: a long-lived room must not
-                            // grow with every join.
-                            identities.remove(participant);
-                            tracing::info!(room = %room_id, participant = %participant, "leave");
-                        }
-                        registry.media.command(command);
-                    }
-                    Output::Audit {
-                        actor,
-                        action,
-                        subject,
-                    } => {
-                        let who = identities.get(&actor);
-                        let about = subject.as_ref().and_then(|s| identities.get(s));
-                        registry.audit(AuditEvent {
-                            actor: format!("participant:{actor}"),
-                            action,
-                            conference: Some(room_id.clone()),
-                            peer: who.map(|w| w.0),
-                            detail: serde_json::json!({
-                                "name": who.map(|w| w.1.as_str()),
-                                "role": who.map(|w| w.2.as_str()),
-                                "invitation": who.map(|w| w.3.as_str()),
-                                "subject": subject,
-                                "subject_name": about.map(|w| w.1.as_str()),
-                                "subject_role": about.map(|w| w.2.as_str()),
-                            }),
-                        });
-                    }
-                    Output::Ended => {
-                        registry.lock().ended.insert(room_id.clone());
-                        let store = registry.store.clone();
-                        let id = room_id.clone();
-                        // Awaited, so the conference is ended in the store before anyone
-                        // hears `bye`: a rejoin right after is refused by the database too.
-                        let marked = tokio::task::spawn_blocking(move || {
-                            crate::conferences::mark_ended(
-                                &store.lock(),
-                                &id,
-                                crate::store::now_ms(),
-                            )
-                        })
-                        .await;
-                        if !matches!(marked, Ok(Ok(_))) {
-                            tracing::error!(room = %room_id, "could not mark the conference ended in the store");
-                        }
-                    }
-                    Output::Empty => {}
-                }
+            Some(event) = media_rx.recv() => {
+                Batch::Media(event)
             }
+        };
+        // Everything already waiting is handled as one batch, so that a burst (everyone
+        // leaving at the end of a large session) sends each remaining participant one
+        // roster instead of one per departure (see `coalesce_rosters`).
+        let mut outputs = Vec::new();
+        let mut forget = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(item) = next.take() {
+            taken += 1;
+            let input = match item {
+                Batch::Media(event) => Some(Input::Media(event)),
+                Batch::Request(request) => accept(
+                    request,
+                    &room,
+                    &mut sessions,
+                    &mut forget,
+                    &mut identities,
+                    &registry,
+                    &media_tx,
+                    &room_id,
+                ),
+            };
+            // Handled one by one, so each request sees the room as the previous left it.
+            if let Some(input) = input {
+                outputs.extend(room.handle(Instant::now(), input));
+            }
+            if taken < MAX_BATCH {
+                next = rx.try_recv().ok().map(Batch::Request);
+            }
+        }
+        let mut queue: std::collections::VecDeque<Output> = coalesce_rosters(outputs).into();
+        while let Some(output) = queue.pop_front() {
+            match output {
+                Output::Send { to, message } => {
+                    let Some(session) = sessions.get(&to) else {
+                        continue;
+                    };
+                    if let ServerMessage::Error { code, fatal, .. } = &message {
+                        tracing::info!(room = %room_id, participant = %to, %code, fatal, "error sent");
+                    }
+                    if session.try_send(Outbound::Message(message)).is_err() {
+                        // Too slow to keep up (or gone): drop them rather than let one
+                        // client hold up the room.
+                        tracing::warn!(room = %room_id, participant = %to, "session queue full, disconnecting");
+                        let _ = session.try_send(Outbound::Close);
+                        sessions.remove(&to);
+                        queue.extend(
+                            room.handle(Instant::now(), Input::Disconnected { participant: to }),
+                        );
+                    }
+                }
+                Output::Close { participant } => {
+                    if let Some(session) = sessions.remove(&participant) {
+                        let _ = session.try_send(Outbound::Close);
+                    }
+                }
+                Output::Media(command) => {
+                    if let MediaCommand::Remove { participant } = &command {
+                        sessions.remove(participant);
+                        // Its `leave` is already recorded (the room audits before it
+                        // removes), so the identity can go: a long-lived room must not
+                        // grow with every join.
+                        identities.remove(participant);
+                        tracing::info!(room = %room_id, participant = %participant, "leave");
+                    }
+                    registry.media.command(command);
+                }
+                Output::Audit {
+                    actor,
+                    action,
+                    subject,
+                } => {
+                    let who = identities.get(&actor);
+                    let about = subject.as_ref().and_then(|s| identities.get(s));
+                    registry.audit(AuditEvent {
+                        actor: format!("participant:{actor}"),
+                        action,
+                        conference: Some(room_id.clone()),
+                        peer: who.map(|w| w.0),
+                        detail: serde_json::json!({
+                            "name": who.map(|w| w.1.as_str()),
+                            "role": who.map(|w| w.2.as_str()),
+                            "invitation": who.map(|w| w.3.as_str()),
+                            "subject": subject,
+                            "subject_name": about.map(|w| w.1.as_str()),
+                            "subject_role": about.map(|w| w.2.as_str()),
+                        }),
+                    });
+                }
+                Output::Ended => {
+                    registry.lock().ended.insert(room_id.clone());
+                    let store = registry.store.clone();
+                    let id = room_id.clone();
+                    // Awaited, so the conference is ended in the store before anyone
+                    // hears `bye`: a rejoin right after is refused by the database too.
+                    let marked = tokio::task::spawn_blocking(move || {
+                        crate::conferences::mark_ended(&store.lock(), &id, crate::store::now_ms())
+                    })
+                    .await;
+                    if !matches!(marked, Ok(Ok(_))) {
+                        tracing::error!(room = %room_id, "could not mark the conference ended in the store");
+                    }
+                }
+                Output::Empty => {}
+            }
+        }
+        for participant in forget {
+            sessions.remove(&participant);
         }
         if room.is_empty() {
             let mut rooms = registry.lock();
@@ -336,5 +445,99 @@ async fn run_room(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wardlink_signaling::protocol::RosterEntry;
+
+    fn roster(to: &str, n: usize) -> Output {
+        let participants = (0..n)
+            .map(|i| RosterEntry {
+                id: format!("p{i}"),
+                display_name: format!("p{i}"),
+                role: Role::CareManager,
+                audio_muted: false,
+                video_muted: false,
+                publishing: Vec::new(),
+            })
+            .collect();
+        Output::Send {
+            to: to.to_owned(),
+            message: ServerMessage::Roster { participants },
+        }
+    }
+
+    fn pong(to: &str) -> Output {
+        Output::Send {
+            to: to.to_owned(),
+            message: ServerMessage::Pong,
+        }
+    }
+
+    /// (recipient, roster size or None for anything else) of each remaining send.
+    fn shape(outputs: &[Output]) -> Vec<(String, Option<usize>)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { to, message } => Some((
+                    to.clone(),
+                    match message {
+                        ServerMessage::Roster { participants } => Some(participants.len()),
+                        _ => None,
+                    },
+                )),
+                Output::Close { participant } => Some((format!("close {participant}"), None)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_burst_of_departures_sends_each_stayer_only_the_last_roster() {
+        // Three people leave one after another; a and b stay.
+        let outputs = vec![
+            roster("a", 4),
+            roster("b", 4),
+            roster("a", 3),
+            roster("b", 3),
+            roster("a", 2),
+            roster("b", 2),
+        ];
+        assert_eq!(
+            shape(&coalesce_rosters(outputs)),
+            vec![("a".into(), Some(2)), ("b".into(), Some(2))]
+        );
+    }
+
+    #[test]
+    fn a_roster_followed_by_anything_else_is_kept_in_place() {
+        let outputs = vec![
+            roster("a", 4),
+            pong("a"),
+            roster("a", 3),
+            roster("b", 3),
+            Output::Close {
+                participant: "b".into(),
+            },
+            roster("b", 2),
+            Output::Media(MediaCommand::Remove {
+                participant: "c".into(),
+            }),
+            roster("a", 2),
+        ];
+        assert_eq!(
+            shape(&coalesce_rosters(outputs)),
+            vec![
+                ("a".into(), Some(4)),
+                ("a".into(), None),
+                ("b".into(), Some(3)),
+                ("close b".into(), None),
+                ("b".into(), Some(2)),
+                ("a".into(), Some(2)),
+            ]
+        );
     }
 }
