@@ -274,35 +274,44 @@ fn accept(
     }
 }
 
-/// Drops every roster message that the same participant's next message in `outputs`
-/// replaces with a newer roster. A roster is the whole list, so the client ends in the same
-/// state; nothing else is dropped or reordered, and a roster followed by anything else
-/// (an offer, a close) is kept. Everyone leaving a room of N at once otherwise sends
-/// N²/2 rosters of up to N entries.
-fn coalesce_rosters(outputs: Vec<Output>) -> Vec<Output> {
-    // Walking backwards: whether the next message each participant gets is a roster.
-    let mut next_is_roster: HashMap<ParticipantId, bool> = HashMap::new();
-    let mut keep = vec![true; outputs.len()];
-    for (i, output) in outputs.iter().enumerate().rev() {
-        match output {
-            Output::Send { to, message } => {
-                let is_roster = matches!(message, ServerMessage::Roster { .. });
-                if is_roster && next_is_roster.get(to).copied().unwrap_or(false) {
-                    keep[i] = false;
+/// Collects a batch's outputs, dropping every roster that the same participant's next
+/// message replaces with a newer roster. A roster is the whole list, so the client ends in
+/// the same state; nothing else is dropped or reordered, and a roster followed by anything
+/// else (an offer, a close) is kept. Everyone leaving a room of N at once otherwise sends
+/// N²/2 rosters of up to N entries. Superseded rosters are dropped as they arrive, so a
+/// batch holds at most one roster per participant.
+#[derive(Default)]
+struct RosterCoalescer {
+    pending: Vec<Option<Output>>,
+    /// Participant → index in `pending` of the roster that is their latest message.
+    last_roster: HashMap<ParticipantId, usize>,
+}
+
+impl RosterCoalescer {
+    fn push(&mut self, output: Output) {
+        match &output {
+            Output::Send {
+                to,
+                message: ServerMessage::Roster { .. },
+            } => {
+                if let Some(previous) = self.last_roster.insert(to.clone(), self.pending.len()) {
+                    self.pending[previous] = None;
                 }
-                next_is_roster.insert(to.clone(), is_roster);
+            }
+            Output::Send { to, .. } => {
+                self.last_roster.remove(to);
             }
             Output::Close { participant } => {
-                next_is_roster.insert(participant.clone(), false);
+                self.last_roster.remove(participant);
             }
             _ => {}
         }
+        self.pending.push(Some(output));
     }
-    outputs
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(o, k)| k.then_some(o))
-        .collect()
+
+    fn finish(self) -> Vec<Output> {
+        self.pending.into_iter().flatten().collect()
+    }
 }
 
 /// One room's task.
@@ -329,8 +338,8 @@ async fn run_room(
         };
         // Everything already waiting is handled as one batch, so that a burst (everyone
         // leaving at the end of a large session) sends each remaining participant one
-        // roster instead of one per departure (see `coalesce_rosters`).
-        let mut outputs = Vec::new();
+        // roster instead of one per departure (see `RosterCoalescer`).
+        let mut outputs = RosterCoalescer::default();
         let mut forget = Vec::new();
         let mut next = Some(first);
         let mut taken = 0;
@@ -351,13 +360,15 @@ async fn run_room(
             };
             // Handled one by one, so each request sees the room as the previous left it.
             if let Some(input) = input {
-                outputs.extend(room.handle(Instant::now(), input));
+                for output in room.handle(Instant::now(), input) {
+                    outputs.push(output);
+                }
             }
             if taken < MAX_BATCH {
                 next = rx.try_recv().ok().map(Batch::Request);
             }
         }
-        let mut queue: std::collections::VecDeque<Output> = coalesce_rosters(outputs).into();
+        let mut queue: std::collections::VecDeque<Output> = outputs.finish().into();
         while let Some(output) = queue.pop_front() {
             match output {
                 Output::Send { to, message } => {
@@ -493,6 +504,14 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn coalesce_rosters(outputs: Vec<Output>) -> Vec<Output> {
+        let mut c = RosterCoalescer::default();
+        for o in outputs {
+            c.push(o);
+        }
+        c.finish()
     }
 
     #[test]
