@@ -5,7 +5,7 @@
 //! A room exists while someone is in it; it is created by the first valid join (rooms
 //! are defined by signed tokens, so nothing has to be stored ahead of time).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -332,9 +332,7 @@ async fn run_room(
                 Some(request) => Batch::Request(request),
                 None => return,
             },
-            Some(event) = media_rx.recv() => {
-                Batch::Media(event)
-            }
+            Some(event) = media_rx.recv() => Batch::Media(event),
         };
         // Everything already waiting is handled as one batch, so that a burst (everyone
         // leaving at the end of a large session) sends each remaining participant one
@@ -368,7 +366,7 @@ async fn run_room(
                 next = rx.try_recv().ok().map(Batch::Request);
             }
         }
-        let mut queue: std::collections::VecDeque<Output> = outputs.finish().into();
+        let mut queue: VecDeque<Output> = outputs.finish().into();
         while let Some(output) = queue.pop_front() {
             match output {
                 Output::Send { to, message } => {

@@ -12,10 +12,8 @@ pub mod recv_batch;
 pub mod sfu;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-
-use std::net::UdpSocket;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -80,7 +78,7 @@ impl MediaHandle {
 pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Binds the UDP media socket with large kernel buffers.
-fn bind_media_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+fn bind_media_socket(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     for (what, result) in [

@@ -93,8 +93,9 @@ impl RecvBatch {
     }
 }
 
+/// The IPv4/IPv6 address in a kernel-filled `sockaddr_storage` (`None` for other families).
 #[cfg(target_os = "linux")]
-fn socket_addr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub fn socket_addr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match libc::c_int::from(addr.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.

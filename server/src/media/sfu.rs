@@ -305,7 +305,6 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        peer.timer_stale = true;
         let result = peer.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -341,7 +340,6 @@ impl Sfu {
             .collect();
         for id in due {
             if let Some(peer) = self.peers.get_mut(&id) {
-                peer.timer_stale = true;
                 if let Err(err) = peer.pc.handle_timeout(now) {
                     tracing::debug!(peer = id, %err, "timeout handling failed");
                 }
@@ -635,25 +633,21 @@ impl Sfu {
                 if !keep {
                     if let Some(leg) = slot.take() {
                         by_track_id.remove(&leg.track_id);
-                        removed.push((publisher.clone(), kind, leg.sender_id, Some(leg.rewriter)));
+                        match peer.pc.remove_track(leg.sender_id) {
+                            Ok(()) => {
+                                spare.insert(
+                                    RTCRtpTransceiverId::from(leg.sender_id),
+                                    (rtc_kind(kind), leg.rewriter),
+                                );
+                            }
+                            Err(e) => tracing::debug!(%e, "remove_track failed"),
+                        }
+                        removed.push((publisher.clone(), kind));
                     }
                 }
             }
         }
         legs.retain(|_, slots| slots.iter().any(Option::is_some));
-        for (_, kind, sender_id, rewriter) in removed.iter_mut() {
-            match peer.pc.remove_track(*sender_id) {
-                Ok(()) => {
-                    if let Some(rewriter) = rewriter.take() {
-                        spare.insert(
-                            RTCRtpTransceiverId::from(*sender_id),
-                            (rtc_kind(*kind), rewriter),
-                        );
-                    }
-                }
-                Err(e) => tracing::debug!(%e, "remove_track failed"),
-            }
-        }
         // Add new legs.
         let mut added = Vec::new();
         for (t, codec) in sources {
@@ -735,7 +729,7 @@ impl Sfu {
             peer.pc.set_local_description(now, offer.clone())?;
             Ok::<_, rtc::shared::error::Error>(offer.sdp)
         })();
-        for (publisher, kind, _, _) in removed {
+        for (publisher, kind) in removed {
             if let Some(r) = self.routes.get_mut(&publisher) {
                 r[kind_index(kind)].retain(|p| *p != id);
             }
@@ -886,7 +880,6 @@ impl Sfu {
             media_ssrc: track.ssrc,
         };
         let receiver_id = track.receiver_id;
-        peer.timer_stale = true;
         if let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) {
             match receiver.write_rtcp(now, vec![Box::new(pli)]) {
                 Ok(()) => self.stats.keyframe_requests += 1,

@@ -50,7 +50,7 @@ fn recv(fd: libc::c_int, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Optio
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let from = sockaddr_to_std(&addr)
+    let from = wardlink::media::recv_batch::socket_addr(&addr)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown address family"))?;
     let mut stamp = None;
     // SAFETY: the CMSG macros walk the control buffer the kernel just filled, bounded by
@@ -67,29 +67,6 @@ fn recv(fd: libc::c_int, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Optio
         }
     }
     Ok((n as usize, from, stamp))
-}
-
-fn sockaddr_to_std(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match libc::c_int::from(addr.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says this storage holds a sockaddr_in.
-            let a: &libc::sockaddr_in = unsafe { &*(addr as *const _ as *const libc::sockaddr_in) };
-            Some(SocketAddr::from((
-                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this storage holds a sockaddr_in6.
-            let a: &libc::sockaddr_in6 =
-                unsafe { &*(addr as *const _ as *const libc::sockaddr_in6) };
-            Some(SocketAddr::from((
-                a.sin6_addr.s6_addr,
-                u16::from_be(a.sin6_port),
-            )))
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]
