@@ -14,6 +14,7 @@ pub mod ratelimit;
 pub mod rooms;
 pub mod server;
 pub mod session;
+pub mod session_queue;
 pub mod staff_api;
 pub mod store;
 pub mod tls;

@@ -19,19 +19,8 @@ use wardlink_signaling::{ErrorCode, Role};
 
 use crate::audit::{Audit, AuditEvent};
 use crate::media::MediaHandle;
+use crate::session_queue::{Outbound, RosterCache, SessionTx};
 use crate::store::Store;
-
-/// Messages queued for one session before it counts as too slow and is disconnected.
-pub const SESSION_QUEUE: usize = 256;
-
-/// What a room sends to a WebSocket session.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A protocol message.
-    Message(ServerMessage),
-    /// Flush and close the socket.
-    Close,
-}
 
 /// What a session sends to its room.
 #[derive(Debug)]
@@ -40,7 +29,7 @@ enum RoomRequest {
         participant: ParticipantId,
         display_name: String,
         claims: JoinClaims,
-        session: mpsc::Sender<Outbound>,
+        session: SessionTx,
         peer: IpAddr,
         must_wait: bool,
         second_device: bool,
@@ -156,7 +145,7 @@ impl Registry {
     pub fn join(
         &self,
         request: JoinRequest,
-        session: mpsc::Sender<Outbound>,
+        session: SessionTx,
     ) -> Result<Membership, ErrorCode> {
         let participant = format!(
             "p{:x}{:06x}",
@@ -223,7 +212,7 @@ enum Batch {
 fn accept(
     request: RoomRequest,
     room: &Room,
-    sessions: &mut HashMap<ParticipantId, mpsc::Sender<Outbound>>,
+    sessions: &mut HashMap<ParticipantId, SessionTx>,
     forget: &mut Vec<ParticipantId>,
     identities: &mut HashMap<ParticipantId, (IpAddr, String, Role, String)>,
     registry: &Registry,
@@ -274,46 +263,6 @@ fn accept(
     }
 }
 
-/// Collects a batch's outputs, dropping every roster that the same participant's next
-/// message replaces with a newer roster. A roster is the whole list, so the client ends in
-/// the same state; nothing else is dropped or reordered, and a roster followed by anything
-/// else (an offer, a close) is kept. Everyone leaving a room of N at once otherwise sends
-/// N²/2 rosters of up to N entries. Superseded rosters are dropped as they arrive, so a
-/// batch holds at most one roster per participant.
-#[derive(Default)]
-struct RosterCoalescer {
-    pending: Vec<Option<Output>>,
-    /// Participant → index in `pending` of the roster that is their latest message.
-    last_roster: HashMap<ParticipantId, usize>,
-}
-
-impl RosterCoalescer {
-    fn push(&mut self, output: Output) {
-        match &output {
-            Output::Send {
-                to,
-                message: ServerMessage::Roster { .. },
-            } => {
-                if let Some(previous) = self.last_roster.insert(to.clone(), self.pending.len()) {
-                    self.pending[previous] = None;
-                }
-            }
-            Output::Send { to, .. } => {
-                self.last_roster.remove(to);
-            }
-            Output::Close { participant } => {
-                self.last_roster.remove(participant);
-            }
-            _ => {}
-        }
-        self.pending.push(Some(output));
-    }
-
-    fn finish(self) -> Vec<Output> {
-        self.pending.into_iter().flatten().collect()
-    }
-}
-
 /// One room's task.
 async fn run_room(
     mut room: Room,
@@ -321,10 +270,11 @@ async fn run_room(
     registry: Registry,
 ) {
     let (media_tx, mut media_rx) = mpsc::unbounded_channel::<MediaEvent>();
-    let mut sessions: HashMap<ParticipantId, mpsc::Sender<Outbound>> = HashMap::new();
+    let mut sessions: HashMap<ParticipantId, SessionTx> = HashMap::new();
     // Who each participant is, for audit records (kept until the room closes, so a
     // `leave` can still be attributed).
     let mut identities: HashMap<ParticipantId, (IpAddr, String, Role, String)> = HashMap::new();
+    let mut rosters = RosterCache::default();
     let room_id = room.id().to_string();
     loop {
         let first = tokio::select! {
@@ -334,10 +284,10 @@ async fn run_room(
             },
             Some(event) = media_rx.recv() => Batch::Media(event),
         };
-        // Everything already waiting is handled as one batch, so that a burst (everyone
-        // leaving at the end of a large session) sends each remaining participant one
-        // roster instead of one per departure (see `RosterCoalescer`).
-        let mut outputs = RosterCoalescer::default();
+        // Everything already waiting is handled as one batch: a burst (everyone leaving at
+        // the end of a large session) then replaces each remaining participant's roster
+        // slot many times but wakes their session once (see `session_queue`).
+        let mut outputs = Vec::new();
         let mut forget = Vec::new();
         let mut next = Some(first);
         let mut taken = 0;
@@ -366,7 +316,7 @@ async fn run_room(
                 next = rx.try_recv().ok().map(Batch::Request);
             }
         }
-        let mut queue: VecDeque<Output> = outputs.finish().into();
+        let mut queue: VecDeque<Output> = outputs.into();
         while let Some(output) = queue.pop_front() {
             match output {
                 Output::Send { to, message } => {
@@ -376,7 +326,16 @@ async fn run_room(
                     if let ServerMessage::Error { code, fatal, .. } = &message {
                         tracing::info!(room = %room_id, participant = %to, %code, fatal, "error sent");
                     }
-                    if session.try_send(Outbound::Message(message)).is_err() {
+                    let queued = match message {
+                        ServerMessage::Roster { participants } => {
+                            match rosters.serialized(&participants) {
+                                Some(text) => session.send_roster(text),
+                                None => Ok(()),
+                            }
+                        }
+                        message => session.try_send(Outbound::Message(message)),
+                    };
+                    if queued.is_err() {
                         // Too slow to keep up (or gone): drop them rather than let one
                         // client hold up the room.
                         tracing::warn!(room = %room_id, participant = %to, "session queue full, disconnecting");
@@ -454,107 +413,5 @@ async fn run_room(
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use wardlink_signaling::protocol::RosterEntry;
-
-    fn roster(to: &str, n: usize) -> Output {
-        let participants = (0..n)
-            .map(|i| RosterEntry {
-                id: format!("p{i}"),
-                display_name: format!("p{i}"),
-                role: Role::CareManager,
-                audio_muted: false,
-                video_muted: false,
-                publishing: Vec::new(),
-            })
-            .collect();
-        Output::Send {
-            to: to.to_owned(),
-            message: ServerMessage::Roster { participants },
-        }
-    }
-
-    fn pong(to: &str) -> Output {
-        Output::Send {
-            to: to.to_owned(),
-            message: ServerMessage::Pong,
-        }
-    }
-
-    /// (recipient, roster size or None for anything else) of each remaining send.
-    fn shape(outputs: &[Output]) -> Vec<(String, Option<usize>)> {
-        outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Send { to, message } => Some((
-                    to.clone(),
-                    match message {
-                        ServerMessage::Roster { participants } => Some(participants.len()),
-                        _ => None,
-                    },
-                )),
-                Output::Close { participant } => Some((format!("close {participant}"), None)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn coalesce_rosters(outputs: Vec<Output>) -> Vec<Output> {
-        let mut c = RosterCoalescer::default();
-        for o in outputs {
-            c.push(o);
-        }
-        c.finish()
-    }
-
-    #[test]
-    fn a_burst_of_departures_sends_each_stayer_only_the_last_roster() {
-        // Three people leave one after another; a and b stay.
-        let outputs = vec![
-            roster("a", 4),
-            roster("b", 4),
-            roster("a", 3),
-            roster("b", 3),
-            roster("a", 2),
-            roster("b", 2),
-        ];
-        assert_eq!(
-            shape(&coalesce_rosters(outputs)),
-            vec![("a".into(), Some(2)), ("b".into(), Some(2))]
-        );
-    }
-
-    #[test]
-    fn a_roster_followed_by_anything_else_is_kept_in_place() {
-        let outputs = vec![
-            roster("a", 4),
-            pong("a"),
-            roster("a", 3),
-            roster("b", 3),
-            Output::Close {
-                participant: "b".into(),
-            },
-            roster("b", 2),
-            Output::Media(MediaCommand::Remove {
-                participant: "c".into(),
-            }),
-            roster("a", 2),
-        ];
-        assert_eq!(
-            shape(&coalesce_rosters(outputs)),
-            vec![
-                ("a".into(), Some(4)),
-                ("a".into(), None),
-                ("b".into(), Some(3)),
-                ("close b".into(), None),
-                ("b".into(), Some(2)),
-                ("a".into(), Some(2)),
-            ]
-        );
     }
 }

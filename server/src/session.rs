@@ -12,14 +12,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use wardlink_signaling::protocol::{ClientMessage, ServerMessage, PROTOCOL_VERSION};
 use wardlink_signaling::room::validate_display_name;
 use wardlink_signaling::token::JoinClaims;
 use wardlink_signaling::ErrorCode;
 
 use crate::audit::AuditEvent;
-use crate::rooms::{JoinRequest, Membership, Outbound, SESSION_QUEUE};
+use crate::rooms::{JoinRequest, Membership};
+use crate::session_queue::{self, Frame, Outbound, SessionTx, SESSION_QUEUE};
 use crate::server::AppState;
 
 /// Parses one text frame into a client message, or the error to answer with.
@@ -97,7 +97,7 @@ const ANSWERED_REFUSALS: u32 = 5;
 
 /// Queues a fatal error, waiting briefly for room: unlike ordinary replies it must not be
 /// lost to a queue a flood has filled.
-async fn send_fatal(tx: &mpsc::Sender<Outbound>, code: ErrorCode, message: impl Into<String>) {
+async fn send_fatal(tx: &SessionTx, code: ErrorCode, message: impl Into<String>) {
     let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(error(code, message, true))).await;
 }
 
@@ -124,7 +124,7 @@ async fn join(
     token: String,
     display_name: Option<String>,
     device: Option<String>,
-    tx: &mpsc::Sender<Outbound>,
+    tx: &SessionTx,
 ) -> Result<Membership, (ErrorCode, String)> {
     let refuse = |code: ErrorCode, message: String, conference: Option<String>| {
         state.audit.record_queued(AuditEvent {
@@ -232,23 +232,20 @@ async fn join(
 /// an error instead of closing) and calls this.
 pub async fn handle_socket(state: Arc<AppState>, socket: WebSocket, peer: SocketAddr) {
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Outbound>(SESSION_QUEUE);
+    let (tx, mut rx) = session_queue::channel(SESSION_QUEUE);
     let limits = state.config.limits.clone();
     let idle = Duration::from_secs(limits.ws_idle_secs.max(1));
 
     // Writer: everything the room or this session wants to say goes through one queue.
     let writer = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            match out {
-                Outbound::Message(msg) => {
-                    let Ok(text) = serde_json::to_string(&msg) else {
-                        continue;
-                    };
-                    if sink.send(Message::Text(text.into())).await.is_err() {
+        while let Some(frame) = rx.next().await {
+            match frame {
+                Frame::Text(text) => {
+                    if sink.send(Message::Text(text)).await.is_err() {
                         break;
                     }
                 }
-                Outbound::Close => break,
+                Frame::Close => break,
             }
         }
         let _ = sink.close().await;

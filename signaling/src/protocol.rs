@@ -8,6 +8,8 @@
 //! - the **publish** connection (browser → server): the client always offers, the server answers;
 //! - the **subscribe** connection (server → browser): the server always offers, the client answers.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::role::Role;
@@ -237,8 +239,9 @@ pub enum ServerMessage {
     },
     /// Full roster after any change (join, leave, mute, publish).
     Roster {
-        /// Everyone present.
-        participants: Vec<RosterEntry>,
+        /// Everyone present. Shared: the room sends the same list to everyone, so a
+        /// copy per recipient would make each change cost O(N²).
+        participants: Arc<[RosterEntry]>,
     },
     /// Answer to a [`ClientMessage::PublishOffer`].
     PublishAnswer {

@@ -21,6 +21,7 @@
 //!   current role.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::ErrorCode;
@@ -1009,7 +1010,7 @@ impl Room {
     }
 
     fn broadcast_roster_except(&self, except: Option<&str>, out: &mut Vec<Output>) {
-        let roster = self.roster();
+        let roster: Arc<[RosterEntry]> = self.roster().into();
         for (id, p) in &self.participants {
             if Some(id.as_str()) == except || !p.admitted {
                 continue;

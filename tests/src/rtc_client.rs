@@ -966,7 +966,7 @@ impl Control {
                     "roster: {:?}",
                     participants.iter().map(|p| &p.id).collect::<Vec<_>>()
                 ));
-                o.roster = participants;
+                o.roster = participants.to_vec();
             }),
             ServerMessage::Error {
                 code,

@@ -301,7 +301,7 @@ fn roster_to(out: &[Output], id: &str) -> Vec<RosterEntry> {
     let rosters: Vec<Vec<RosterEntry>> = messages_to(out, id)
         .into_iter()
         .filter_map(|m| match m {
-            ServerMessage::Roster { participants } => Some(participants),
+            ServerMessage::Roster { participants } => Some(participants.to_vec()),
             _ => None,
         })
         .collect();
@@ -400,7 +400,7 @@ fn all_rosters(out: &[Output]) -> Vec<Vec<RosterEntry>> {
             Output::Send {
                 message: ServerMessage::Roster { participants },
                 ..
-            } => Some(participants.clone()),
+            } => Some(participants.to_vec()),
             Output::Send {
                 message: ServerMessage::Joined { roster, .. },
                 ..
@@ -551,6 +551,28 @@ fn join_sends_joined_to_the_joiner_and_a_roster_to_everyone_else() {
         media_commands(&out).is_empty(),
         "nobody publishes, so nothing to subscribe to: {out:?}"
     );
+}
+
+#[test]
+fn one_roster_change_is_one_list_shared_by_every_recipient() {
+    // The shell serializes a roster once per list (see the server's `session_queue`), so
+    // a change must hand everyone the same list rather than a copy each.
+    let mut h = Harness::new();
+    h.join_all(&["a", "b", "c", "d"]);
+    let out = h.send("a", ClientMessage::Leave);
+    let lists: Vec<&std::sync::Arc<[RosterEntry]>> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                message: ServerMessage::Roster { participants },
+                ..
+            } => Some(participants),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lists.len(), 3, "b, c and d each get the new roster: {out:?}");
+    assert!(lists.iter().all(|l| std::sync::Arc::ptr_eq(l, lists[0])));
+    assert_eq!(ids(lists[0]), ["b", "c", "d"]);
 }
 
 #[test]
