@@ -25,8 +25,9 @@
 #      config.rs accepts); fan-outs that do not fit are skipped and reported as such.
 #   b  20 rooms of 4 participants, everyone publishing and receiving the other three.
 #   c  one room of 10, everyone publishing and receiving the other nine.
-#   leak  1,000 join/publish/subscribe/leave cycles against one wardlink; RSS before/after
-#         (LEAK_CYCLES and LEAK_WARMUP override the counts).
+#   leak  1,000 join/publish/subscribe/leave cycles against one wardlink; RSS before, every
+#         250 cycles and after (LEAK_CYCLES, LEAK_WARMUP and LEAK_CHECKPOINT_EVERY override
+#         the counts).
 #
 # Needs: cargo, janus (apt-get install -y janus), a C compiler (for Janus's loopback shim).
 set -euo pipefail
@@ -206,9 +207,10 @@ if has leak; then
   work="$out/work-leak"
   wait_quiet
   start_wardlink "$work"
-  echo "== leak check: ${LEAK_CYCLES:-1000} join/leave cycles against wardlink (after ${LEAK_WARMUP:-50} warm-up cycles)"
+  echo "== leak check: ${LEAK_CYCLES:-1000} join/leave cycles against wardlink (after ${LEAK_WARMUP:-50} warm-up cycles, RSS every ${LEAK_CHECKPOINT_EVERY:-250})"
   timeout 3000 "$LOAD" --target wardlink --url "https://127.0.0.1:$WL_PORT" --data-dir "$work/data" \
     --server-pid "$server_pid" --leak-cycles "${LEAK_CYCLES:-1000}" --leak-warmup "${LEAK_WARMUP:-50}" --leak-concurrency 4 \
+    --leak-checkpoint-every "${LEAK_CHECKPOINT_EVERY:-250}" \
     --json "$out/leak-wardlink.json" 2>"$work/load.log" | tee "$work/load.txt" || echo "!! leak check failed" >&2
   stop_server
 fi

@@ -23,6 +23,8 @@ pub struct LeakConfig {
     pub cycles: u64,
     /// Cycles run before the "before" measurement (allocator and caches settle).
     pub warmup_cycles: u64,
+    /// Read RSS after every this many measured cycles as well; 0 only at the end.
+    pub checkpoint_every: u64,
     /// Cycles in flight at once (each its own invitation).
     pub concurrency: usize,
     /// Server process to measure.
@@ -50,8 +52,32 @@ pub struct LeakReport {
     pub growth_per_cycle_bytes: Option<f64>,
     /// Server peak RSS, KiB.
     pub hwm_kib: Option<u64>,
-    /// Wall time of the measured cycles, s.
+    /// Wall time of the measured cycles (settle pauses not included), s.
     pub seconds: f64,
+    /// RSS after each block of measured cycles (the last one is `rss_after_kib`).
+    pub checkpoints: Vec<LeakCheckpoint>,
+}
+
+/// Server RSS after some of the measured cycles.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeakCheckpoint {
+    /// Measured cycles started so far.
+    pub cycles: u64,
+    /// Server RSS after them and the settle pause, KiB.
+    pub rss_kib: Option<u64>,
+}
+
+/// How many cycles each block of the measured phase runs: `every` at a time, the rest in
+/// the last block; one block (possibly empty) when `every` is 0.
+fn blocks(total: u64, every: u64) -> Vec<u64> {
+    if every == 0 || total == 0 {
+        return vec![total];
+    }
+    let mut out = vec![every; (total / every) as usize];
+    if total % every != 0 {
+        out.push(total % every);
+    }
+    out
 }
 
 /// Runs the leak check. A host stays in the room publishing throughout, so every cycle
@@ -137,12 +163,21 @@ pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::R
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mem = |pid: Option<u32>| pid.and_then(|p| procstat::memory(p).ok());
     let before = mem(cfg.server_pid);
-    let t0 = Instant::now();
-    let (ok, failed) = run_phase(cfg.cycles).await;
-    let seconds = t0.elapsed().as_secs_f64();
-    // The server tears connections down on timers too, and returns freed heap on a 2 s
-    // check after connections close; let both run.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (mut ok, mut failed, mut done, mut seconds) = (0, 0, 0, 0.0);
+    let mut checkpoints = Vec::new();
+    for n in blocks(cfg.cycles, cfg.checkpoint_every) {
+        let t0 = Instant::now();
+        let (o, f) = run_phase(n).await;
+        seconds += t0.elapsed().as_secs_f64();
+        (ok, failed, done) = (ok + o, failed + f, done + n);
+        // The server tears connections down on timers too, and returns freed heap on a
+        // 2 s check after connections close; let both run.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        checkpoints.push(LeakCheckpoint {
+            cycles: done,
+            rss_kib: mem(cfg.server_pid).map(|m| m.rss_kib),
+        });
+    }
     let after = mem(cfg.server_pid);
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), host_task).await;
@@ -163,5 +198,20 @@ pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::R
             .map(|g| (g as f64 * 1024.0 / cfg.cycles as f64 * 10.0).round() / 10.0),
         hwm_kib: after.map(|m| m.hwm_kib),
         seconds: (seconds * 100.0).round() / 100.0,
+        checkpoints,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blocks;
+
+    #[test]
+    fn measured_cycles_split_into_blocks_that_add_up() {
+        assert_eq!(blocks(1000, 0), [1000]);
+        assert_eq!(blocks(1000, 250), [250, 250, 250, 250]);
+        assert_eq!(blocks(1000, 300), [300, 300, 300, 100]);
+        assert_eq!(blocks(100, 250), [100]);
+        assert_eq!(blocks(0, 250), [0]);
+    }
 }

@@ -90,6 +90,10 @@ struct Cli {
     /// Leak check: warm-up cycles before the first RSS reading.
     #[arg(long, default_value_t = 50)]
     leak_warmup: u64,
+    /// Leak check: also read RSS (after the same settle pause) every this many measured
+    /// cycles, to show whether growth levels off; 0 reads it only at the end.
+    #[arg(long, default_value_t = 0)]
+    leak_checkpoint_every: u64,
     /// Instead of running anything: print Markdown tables for the reports in this
     /// directory (written by run-benchmark.sh).
     #[arg(long, value_name = "DIR")]
@@ -187,6 +191,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             LeakConfig {
                 cycles,
                 warmup_cycles: cli.leak_warmup,
+                checkpoint_every: cli.leak_checkpoint_every,
                 concurrency: cli.leak_concurrency.max(1),
                 server_pid,
                 bind_ip: cli.bind_ip,
