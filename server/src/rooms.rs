@@ -284,9 +284,9 @@ async fn run_room(
             },
             Some(event) = media_rx.recv() => Batch::Media(event),
         };
-        // Everything already waiting is handled as one batch: a burst (everyone leaving at
-        // the end of a large session) then replaces each remaining participant's roster
-        // slot many times but wakes their session once (see `session_queue`).
+        // Everything already waiting is handled as one batch. In a burst (everyone leaving
+        // at the end of a large session) each remaining participant's roster slot is then
+        // replaced many times while their queue holds one marker (see `session_queue`).
         let mut outputs = Vec::new();
         let mut forget = Vec::new();
         let mut next = Some(first);
