@@ -142,11 +142,7 @@ impl Registry {
     /// Joins the room named by the verified claims, creating it if needed. The room
     /// answers (`joined`, `waiting` or an error) on `session`. Refused before reaching a
     /// room when the conference ended or the server hosts its maximum of conferences.
-    pub fn join(
-        &self,
-        request: JoinRequest,
-        session: SessionTx,
-    ) -> Result<Membership, ErrorCode> {
+    pub fn join(&self, request: JoinRequest, session: SessionTx) -> Result<Membership, ErrorCode> {
         let participant = format!(
             "p{:x}{:06x}",
             self.next_participant.fetch_add(1, Ordering::Relaxed),
@@ -195,25 +191,13 @@ impl Registry {
     }
 }
 
-/// Most requests a room takes into one batch before it sends anything.
-const MAX_BATCH: usize = 64;
-
-/// One item of a room task's batch.
-enum Batch {
-    Request(RoomRequest),
-    Media(MediaEvent),
-}
-
 /// Turns a session's request into the room's input, recording who joined. `None` for the
-/// disconnect of someone the room no longer holds: their session goes on `forget`, to be
-/// dropped only after the batch's outputs went out (a `leave` and the disconnect right
-/// behind it often share a batch, and the `bye` of the first must still reach them).
-#[allow(clippy::too_many_arguments)]
+/// disconnect of someone the room no longer holds (they left, and their `bye` already went
+/// out): only their session is dropped.
 fn accept(
     request: RoomRequest,
     room: &Room,
     sessions: &mut HashMap<ParticipantId, SessionTx>,
-    forget: &mut Vec<ParticipantId>,
     identities: &mut HashMap<ParticipantId, (IpAddr, String, Role, String)>,
     registry: &Registry,
     media_tx: &mpsc::UnboundedSender<MediaEvent>,
@@ -256,7 +240,7 @@ fn accept(
             if room.contains(&participant) {
                 Some(Input::Disconnected { participant })
             } else {
-                forget.push(participant);
+                sessions.remove(&participant);
                 None
             }
         }
@@ -277,46 +261,28 @@ async fn run_room(
     let mut rosters = RosterCache::default();
     let room_id = room.id().to_string();
     loop {
-        let first = tokio::select! {
+        let input = tokio::select! {
             request = rx.recv() => match request {
-                Some(request) => Batch::Request(request),
-                None => return,
-            },
-            Some(event) = media_rx.recv() => Batch::Media(event),
-        };
-        // Everything already waiting is handled as one batch. In a burst (everyone leaving
-        // at the end of a large session) each remaining participant's roster slot is then
-        // replaced many times while their queue holds one marker (see `session_queue`).
-        let mut outputs = Vec::new();
-        let mut forget = Vec::new();
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(item) = next.take() {
-            taken += 1;
-            let input = match item {
-                Batch::Media(event) => Some(Input::Media(event)),
-                Batch::Request(request) => accept(
+                Some(request) => accept(
                     request,
                     &room,
                     &mut sessions,
-                    &mut forget,
                     &mut identities,
                     &registry,
                     &media_tx,
                     &room_id,
                 ),
-            };
-            // Handled one by one, so each request sees the room as the previous left it.
-            if let Some(input) = input {
-                for output in room.handle(Instant::now(), input) {
-                    outputs.push(output);
-                }
-            }
-            if taken < MAX_BATCH {
-                next = rx.try_recv().ok().map(Batch::Request);
-            }
-        }
-        let mut queue: VecDeque<Output> = outputs.into();
+                None => return,
+            },
+            Some(event) = media_rx.recv() => Some(Input::Media(event)),
+        };
+        let Some(input) = input else {
+            continue;
+        };
+        // A burst (everyone leaving at the end of a large session) replaces each remaining
+        // participant's roster slot many times while their queue holds one marker (see
+        // `session_queue`).
+        let mut queue: VecDeque<Output> = room.handle(Instant::now(), input).into();
         while let Some(output) = queue.pop_front() {
             match output {
                 Output::Send { to, message } => {
@@ -400,9 +366,6 @@ async fn run_room(
                 }
                 Output::Empty => {}
             }
-        }
-        for participant in forget {
-            sessions.remove(&participant);
         }
         if room.is_empty() {
             let mut rooms = registry.lock();

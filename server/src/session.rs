@@ -19,8 +19,8 @@ use wardlink_signaling::ErrorCode;
 
 use crate::audit::AuditEvent;
 use crate::rooms::{JoinRequest, Membership};
-use crate::session_queue::{self, Frame, Outbound, SessionTx, SESSION_QUEUE};
 use crate::server::AppState;
+use crate::session_queue::{self, Frame, Outbound, SessionTx, SESSION_QUEUE};
 
 /// Parses one text frame into a client message, or the error to answer with.
 pub fn parse_client_message(

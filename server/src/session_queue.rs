@@ -199,7 +199,9 @@ mod tests {
         let first: Arc<[RosterEntry]> = vec![entry("a"), entry("b")].into();
         let text = cache.serialized(&first).unwrap();
         let parsed: ServerMessage = serde_json::from_str(text.as_str()).unwrap();
-        assert!(matches!(parsed, ServerMessage::Roster { participants } if participants.len() == 2));
+        assert!(
+            matches!(parsed, ServerMessage::Roster { participants } if participants.len() == 2)
+        );
         // Same list: the very same bytes come back.
         let again = cache.serialized(&first.clone()).unwrap();
         assert_eq!(again.as_str().as_ptr(), text.as_str().as_ptr());
@@ -214,10 +216,12 @@ mod tests {
     async fn a_thousand_rosters_take_one_queue_entry_and_the_newest_is_sent() {
         let (tx, mut rx) = channel(4);
         for i in 0..1000 {
-            tx.send_roster(text(&format!("roster {i}"))).expect("never full");
+            tx.send_roster(text(&format!("roster {i}")))
+                .expect("never full");
         }
         tx.try_send(pong()).expect("room left in the queue");
-        tx.try_send(Outbound::Close).expect("room left in the queue");
+        tx.try_send(Outbound::Close)
+            .expect("room left in the queue");
         let seen = drain(&mut rx, tx).await;
         assert_eq!(seen, ["roster 999", r#"{"type":"pong"}"#, "close"]);
     }

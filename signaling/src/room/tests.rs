@@ -570,7 +570,11 @@ fn one_roster_change_is_one_list_shared_by_every_recipient() {
             _ => None,
         })
         .collect();
-    assert_eq!(lists.len(), 3, "b, c and d each get the new roster: {out:?}");
+    assert_eq!(
+        lists.len(),
+        3,
+        "b, c and d each get the new roster: {out:?}"
+    );
     assert!(lists.iter().all(|l| std::sync::Arc::ptr_eq(l, lists[0])));
     assert_eq!(ids(lists[0]), ["b", "c", "d"]);
 }

@@ -73,11 +73,10 @@ fn blocks(total: u64, every: u64) -> Vec<u64> {
     if every == 0 || total == 0 {
         return vec![total];
     }
-    let mut out = vec![every; (total / every) as usize];
-    if total % every != 0 {
-        out.push(total % every);
-    }
-    out
+    (0..total)
+        .step_by(every as usize)
+        .map(|start| every.min(total - start))
+        .collect()
 }
 
 /// Runs the leak check. A host stays in the room publishing throughout, so every cycle
@@ -165,6 +164,7 @@ pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::R
     let before = mem(cfg.server_pid);
     let (mut ok, mut failed, mut done, mut seconds) = (0, 0, 0, 0.0);
     let mut checkpoints = Vec::new();
+    let mut after = None;
     for n in blocks(cfg.cycles, cfg.checkpoint_every) {
         let t0 = Instant::now();
         let (o, f) = run_phase(n).await;
@@ -173,12 +173,12 @@ pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::R
         // The server tears connections down on timers too, and returns freed heap on a
         // 2 s check after connections close; let both run.
         tokio::time::sleep(Duration::from_secs(5)).await;
+        after = mem(cfg.server_pid);
         checkpoints.push(LeakCheckpoint {
             cycles: done,
-            rss_kib: mem(cfg.server_pid).map(|m| m.rss_kib),
+            rss_kib: after.as_ref().map(|m| m.rss_kib),
         });
     }
-    let after = mem(cfg.server_pid);
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), host_task).await;
     let growth = match (before, after) {
