@@ -10,6 +10,8 @@ pub mod forwarder;
 pub mod gso;
 pub mod recv_batch;
 pub mod sfu;
+pub mod timer_slack;
+pub mod wake_timer;
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
@@ -28,6 +30,9 @@ use sfu::{Sfu, SfuConfig, SfuStats};
 const READ_ROUNDS: usize = 2;
 /// How often the loop checks whether connections closed, to return freed heap.
 const TRIM_CHECK: Duration = Duration::from_secs(2);
+/// When a send found the kernel buffer full and no descriptor could be registered to wait
+/// for it to drain, how soon the loop tries again.
+const RETRY_BLOCKED_SEND: Duration = Duration::from_millis(1);
 
 /// A request to the media loop.
 enum Request {
@@ -120,10 +125,13 @@ pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let gso = config.media_gso;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
+    runtime.enable_io();
+    // The loop's timer is a timerfd on Linux (see `wake_timer`); without tokio's timer
+    // wheel each park skips reading the clock and walking the wheel.
+    #[cfg(not(target_os = "linux"))]
+    runtime.enable_time();
+    let runtime = runtime.build()?;
     std::thread::Builder::new()
         .name("media".into())
         .spawn(move || {
@@ -248,13 +256,17 @@ async fn run(
     let mut batch = recv_batch::RecvBatch::default();
     // Registered for writing only while a send found the kernel buffer full (see `start`).
     let mut writable: Option<AsyncFd<UdpSocket>> = None;
-    // One timer for the loop's life, moved only when the SFU's deadline changes: a fresh
-    // `Sleep` per wake-up registered and removed a timer entry for nearly every datagram.
-    let sleep = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(sleep);
+    // One timer for the loop's life, moved only when the SFU's deadline leaves the slack
+    // window (`timer_slack`).
+    let mut timer = match wake_timer::WakeTimer::new() {
+        Ok(timer) => timer,
+        Err(e) => {
+            tracing::error!(%e, "cannot create the media loop's timer");
+            return;
+        }
+    };
     // After connections close, hand the heap they freed back to the kernel (see `memory`).
-    let mut trim_tick = tokio::time::interval(TRIM_CHECK);
-    trim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_trim_check = Instant::now() + TRIM_CHECK;
     let mut peers_at_last_check = 0;
     loop {
         let blocked = sender.flush(socket.get_ref(), &mut sfu);
@@ -268,11 +280,18 @@ async fn run(
         } else if !blocked {
             writable = None;
         }
-        let deadline = sfu.poll_timeout().map(tokio::time::Instant::from_std);
-        if let Some(d) = deadline {
-            // A fired timer is re-armed even for the same instant, as a fresh one would be.
-            if sleep.is_elapsed() || sleep.deadline() != d {
-                sleep.as_mut().reset(d);
+        let deadline = sfu.poll_timeout();
+        let due = deadline.map_or(next_trim_check, |d| d.min(next_trim_check));
+        let arm = if blocked && writable.is_none() {
+            // Nothing to wait on for the drain: try the send again shortly.
+            Some(Instant::now() + RETRY_BLOCKED_SEND)
+        } else {
+            timer_slack::rearm(timer.armed(), due, timer_slack::TIMER_SLACK)
+        };
+        if let Some(at) = arm {
+            if let Err(e) = timer.arm(at) {
+                tracing::error!(%e, "cannot arm the media loop's timer");
+                return;
             }
         }
         tokio::select! {
@@ -319,28 +338,41 @@ async fn run(
                         Err(e) => tracing::trace!(%e, "recv failed"),
                     }
                 }
+                // Timers that came due while asleep ride on this wake-up (see
+                // `timer_slack`).
+                if deadline.is_some_and(|d| d <= now) {
+                    sfu.handle_timeout(now);
+                }
             }
-            _ = async {
+            ready = async {
                 match writable.as_ref() {
-                    // Cleared before the next flush tries again, so a send that still
-                    // finds the buffer full waits for the next edge instead of spinning.
-                    Some(fd) => {
-                        if let Ok(mut guard) = fd.writable().await {
-                            guard.clear_ready();
-                        }
-                    }
-                    None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    Some(fd) => fd.writable().await.map(Some),
+                    None => std::future::pending().await,
                 }
-            }, if blocked => {}
-            _ = trim_tick.tick() => {
-                let peers = sfu.peer_count();
-                if peers < peers_at_last_check {
-                    tokio::task::spawn_blocking(crate::memory::release_free_heap);
+            }, if blocked => {
+                // Cleared before the next flush tries again, so a send that still finds
+                // the buffer full waits for the next edge instead of spinning.
+                if let Ok(Some(mut guard)) = ready {
+                    guard.clear_ready();
                 }
-                peers_at_last_check = peers;
             }
-            _ = &mut sleep, if deadline.is_some() => {
-                sfu.handle_timeout(Instant::now());
+            fired = timer.fired() => {
+                if let Err(e) = fired {
+                    tracing::error!(%e, "media loop's timer failed");
+                    return;
+                }
+                let now = Instant::now();
+                if deadline.is_some_and(|d| d <= now) {
+                    sfu.handle_timeout(now);
+                }
+                if now >= next_trim_check {
+                    let peers = sfu.peer_count();
+                    if peers < peers_at_last_check {
+                        tokio::task::spawn_blocking(crate::memory::release_free_heap);
+                    }
+                    peers_at_last_check = peers;
+                    next_trim_check = now + TRIM_CHECK;
+                }
             }
         }
     }
