@@ -9,6 +9,7 @@ pub mod demux;
 pub mod forwarder;
 pub mod gso;
 pub mod recv_batch;
+pub mod send_batch;
 pub mod sfu;
 pub mod timer_slack;
 pub mod wake_timer;
@@ -163,14 +164,16 @@ fn register(socket: UdpSocket, interest: Interest) -> std::io::Result<AsyncFd<Ud
     unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(|e| e.into_parts().1)
 }
 
-/// Hands the SFU's datagrams to the kernel: runs of equal-sized datagrams to one peer in
-/// one GSO send where possible (see [`gso`]), otherwise one `sendto` each.
+/// Hands the SFU's datagrams to the kernel: many peers per `sendmmsg` (see
+/// [`send_batch`]), and runs of equal-sized datagrams to one peer as one GSO message where
+/// possible (see [`gso`]).
 struct Sender {
     gso: bool,
     /// Datagrams taken from the SFU and not yet accepted by the kernel, in order.
     queue: VecDeque<sfu::Transmit>,
-    /// Reused buffer a GSO run is gathered into.
-    scratch: Vec<u8>,
+    /// Datagrams per message for the next call (reused).
+    runs: Vec<usize>,
+    batch: send_batch::SendBatch,
 }
 
 impl Sender {
@@ -180,7 +183,8 @@ impl Sender {
         Sender {
             gso,
             queue: VecDeque::new(),
-            scratch: Vec::with_capacity(gso::MAX_BYTES),
+            runs: Vec::with_capacity(send_batch::MESSAGES),
+            batch: send_batch::SendBatch::default(),
         }
     }
 
@@ -188,56 +192,50 @@ impl Sender {
     /// it stopped on a full buffer; what is left waits here and in per-peer outboxes.
     fn flush(&mut self, socket: &UdpSocket, sfu: &mut Sfu) -> bool {
         loop {
-            if self.queue.is_empty() {
+            // Enough for one full call; the SFU hands out one peer's outbox at a time, so
+            // a peer's datagrams are adjacent and can form a GSO run.
+            while self.queue.len() < send_batch::DATAGRAMS {
                 match sfu.poll_transmit() {
                     Some(t) => self.queue.push_back(t),
-                    None => return false,
+                    None => break,
                 }
             }
-            let to = self.queue[0].to;
-            let run = if self.gso {
-                // Gather what follows for the same peer (the SFU hands out one peer's
-                // outbox at a time); one datagram for the next peer may be taken too.
-                while self.queue.len() < gso::MAX_SEGMENTS
-                    && self.queue.back().is_some_and(|t| t.to == to)
-                {
-                    match sfu.poll_transmit() {
-                        Some(t) => self.queue.push_back(t),
-                        None => break,
-                    }
-                }
-                gso::next_run(
-                    self.queue
-                        .iter()
-                        .take_while(|t| t.to == to)
-                        .map(|t| t.payload.len()),
-                )
-            } else {
-                1
-            };
-            let result = if run == 1 {
-                socket.send_to(&self.queue[0].payload, to)
-            } else {
-                self.scratch.clear();
-                for t in self.queue.iter().take(run) {
-                    self.scratch.extend_from_slice(&t.payload);
-                }
-                let segment = self.queue[0].payload.len() as u16;
-                gso::send_run(socket, to, &self.scratch, segment)
-            };
-            match result {
-                Ok(_) => {
-                    self.queue.drain(..run);
+            if self.queue.is_empty() {
+                return false;
+            }
+            let queue = self.queue.make_contiguous();
+            self.runs.clear();
+            let mut at = 0;
+            while at < queue.len() && self.runs.len() < send_batch::MESSAGES {
+                let run = if self.gso {
+                    let to = queue[at].to;
+                    gso::next_run(
+                        queue[at..]
+                            .iter()
+                            .take_while(|t| t.to == to)
+                            .map(|t| t.payload.len()),
+                    )
+                } else {
+                    1
+                };
+                self.runs.push(run);
+                at += run;
+            }
+            match self.batch.send(socket, queue, &self.runs) {
+                Ok(messages) => {
+                    let sent: usize = self.runs[..messages].iter().sum();
+                    self.queue.drain(..sent);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-                Err(e) if run > 1 && gso::is_unsupported(&e) => {
+                Err(e) if self.runs[0] > 1 && gso::is_unsupported(&e) => {
                     // Resent one by one on the next pass, and from now on.
-                    tracing::warn!(%e, "UDP GSO refused; sending one datagram per call");
+                    tracing::warn!(%e, "UDP GSO refused; sending one datagram per message");
                     self.gso = false;
                 }
                 Err(e) => {
                     // Like a lost packet: the peer's own recovery (NACK, ICE) deals with it.
-                    tracing::debug!(%to, %e, "send failed");
+                    tracing::debug!(to = %queue[0].to, %e, "send failed");
+                    let run = self.runs[0];
                     self.queue.drain(..run);
                 }
             }
