@@ -9,13 +9,17 @@
 #
 #   tests/bench/run-benchmark.sh [--quick] [--duration SECS] [--out DIR]
 #                                [--only "a b c leak"] [--fanout "1 10 50 100 200"]
-#                                [--load-args "EXTRA wardlink-load ARGS"]
+#                                [--rounds K] [--load-args "EXTRA wardlink-load ARGS"]
 #
 #   --quick     scenario c and a small fan-out (1, 10 subscribers), no leak check
 #   --duration  measurement window per run (default 20 s; --quick: 10 s)
 #   --out       where the per-run JSON, logs and summary.md go
 #               (default target/bench/<timestamp>)
 #   --only      subset of scenarios: a (fan-out), b (20 rooms x 4), c (1 room x 10), leak
+#   --rounds    run each scenario's wardlink/Janus pair K times, alternating (default 1).
+#               The summary gives the median of the per-round ratios and every round's
+#               ratio: at 1 -> 1 the ratio of one pair moved between 0.41 and 0.66 over
+#               five runs of one build, with the machine's speed drifting between them.
 #   --load-args extra arguments for every scenario run of wardlink-load, e.g.
 #               "--pace-multiplier 0" for publishers that send frames unpaced
 #
@@ -39,6 +43,7 @@ out=""
 only="a b c leak"
 fanout="1 10 50 100 200"
 load_args=""
+rounds=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; only="a c"; fanout="1 10"; shift ;;
@@ -47,6 +52,7 @@ while [ $# -gt 0 ]; do
     --only) only=$2; shift 2 ;;
     --fanout) fanout=$2; shift 2 ;;
     --load-args) load_args=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -119,9 +125,12 @@ start_janus() {
 
 # run_case LABEL TARGET LOAD-ARGS...
 run_case() {
-  local label=$1 target=$2; shift 2
-  local work="$out/work-$label-$target"
-  local args=(--label "$label" --duration "$duration" --json "$out/$label-$target.json")
+  local label=$1 target=$2 round=$3; shift 3
+  # Round 1 keeps the plain names; later rounds get -rN (the summary pairs by round).
+  local suffix=""
+  [ "$round" -gt 1 ] && suffix="-r$round"
+  local work="$out/work-$label-$target$suffix"
+  local args=(--label "$label" --duration "$duration" --json "$out/$label-$target$suffix.json")
   # Word splitting is intended: --load-args holds several arguments.
   # shellcheck disable=SC2206
   args+=($load_args)
@@ -134,7 +143,7 @@ run_case() {
     args+=(--target janus --url "ws://127.0.0.1:$JANUS_PORT")
   fi
   args+=(--server-pid "$server_pid")
-  echo "== $label on $target: $*"
+  echo "== $label on $target (round $round of $rounds): $*"
   # Bounded: setup (120 s max) + warm-up + window + leave, with a margin.
   if ! timeout $((duration + 300)) "$LOAD" "${args[@]}" "$@" 2>"$work/load.log" | tee "$work/load.txt"; then
     echo "!! $label on $target failed; see $work/load.log" >&2
@@ -182,26 +191,32 @@ has() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
   janus --version 2>/dev/null | head -1 || true
   echo "wardlink: $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?') $(cd "$root" && git status --porcelain 2>/dev/null | grep -q . && echo '(with uncommitted changes)')"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command: $0 --duration $duration --only \"$only\" --fanout \"$fanout\" --load-args \"$load_args\""
+  echo "command: $0 --duration $duration --only \"$only\" --fanout \"$fanout\" --rounds $rounds --load-args \"$load_args\""
 } >"$out/machine.txt"
 cat "$out/machine.txt"
 
 if has c; then
-  for t in wardlink janus; do run_case c-1x10 "$t" --rooms 1 --publishers 10 --subscribers 0; done
+  for r in $(seq 1 "$rounds"); do
+    for t in wardlink janus; do run_case c-1x10 "$t" "$r" --rooms 1 --publishers 10 --subscribers 0; done
+  done
 fi
 if has a; then
   for n in $fanout; do
-    for t in wardlink janus; do
-      if [ "$t" = wardlink ] && [ $((n + 1)) -gt "$WL_MAX_ROOM" ]; then
-        echo "== a-fanout-$n on wardlink: skipped, $((n + 1)) participants > max_participants_per_room ($WL_MAX_ROOM)"
-        continue
-      fi
-      run_case "a-fanout-$n" "$t" --rooms 1 --publishers 1 --subscribers "$n" --join-concurrency 16
+    for r in $(seq 1 "$rounds"); do
+      for t in wardlink janus; do
+        if [ "$t" = wardlink ] && [ $((n + 1)) -gt "$WL_MAX_ROOM" ]; then
+          echo "== a-fanout-$n on wardlink: skipped, $((n + 1)) participants > max_participants_per_room ($WL_MAX_ROOM)"
+          continue
+        fi
+        run_case "a-fanout-$n" "$t" "$r" --rooms 1 --publishers 1 --subscribers "$n" --join-concurrency 16
+      done
     done
   done
 fi
 if has b; then
-  for t in wardlink janus; do run_case b-20x4 "$t" --rooms 20 --publishers 4 --subscribers 0 --join-concurrency 16; done
+  for r in $(seq 1 "$rounds"); do
+    for t in wardlink janus; do run_case b-20x4 "$t" "$r" --rooms 20 --publishers 4 --subscribers 0 --join-concurrency 16; done
+  done
 fi
 if has leak; then
   work="$out/work-leak"

@@ -1,14 +1,15 @@
 //! Sending to many peers in one system call (Linux `sendmmsg`).
 //!
 //! A fan-out queues one packet for each of N subscribers, and the loop used to hand them
-//! to the kernel with one `sendto` (or GSO `sendmsg`) each. Besides N system call entries,
-//! every return to user space was a point where the scheduler could switch the media
-//! thread out. On loopback each send also wakes the receiving thread, and at 200
-//! subscribers the media thread was switched out about 900-1,800 times per second in the
-//! middle of fan-outs (`/proc/<pid>/task/<tid>/status`), stretching each fan-out by the
-//! other threads' run time. One `sendmmsg` carries up to [`MESSAGES`] messages, each to its
-//! own destination and each optionally a GSO run (several equal-sized datagrams for one
-//! peer, see [`super::gso`]).
+//! to the kernel with one `sendto` (or GSO `sendmsg`) each: N system call entries and
+//! exits per forwarded packet. One `sendmmsg` carries up to [`MESSAGES`] messages, each to
+//! its own destination and each optionally a GSO run (several equal-sized datagrams for
+//! one peer, see [`super::gso`]), with the datagrams referenced in place (no gather copy).
+//!
+//! Measured at 200 subscribers: 6 % less server CPU per forwarded Mbit (normalised by the
+//! generator's CPU, three alternating rounds). The thread was switched out as often as
+//! before (about 770 times per second), so those switches do not come from returning to
+//! user space between sends.
 
 use std::io;
 use std::net::UdpSocket;

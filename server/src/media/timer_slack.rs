@@ -4,13 +4,13 @@
 //! intervals, ICE keep-alives, DTLS retransmission, the connect watchdog) tolerates
 //! firing a few milliseconds late. The loop therefore lets a timer fire anywhere in
 //! `[deadline, deadline + slack]`, and handles due timers whenever a datagram wakes it
-//! anyway. With media arriving every few milliseconds nearly every timer then rides on a
-//! wake-up that happens regardless, instead of costing a sleep and a wake of its own
-//! (measured at 1 → 1: about 30 of 220 wake-ups per second were for timers alone).
+//! anyway. With media arriving every few milliseconds most timers then ride on a wake-up
+//! that happens regardless, instead of costing a sleep and a wake of their own.
 //!
-//! Keeping the armed instant when it already lies inside the window matters too: moving
-//! tokio's timer earlier makes it wake its own driver through an eventfd write, which at
-//! 1 → 1 happened about 20 times per second.
+//! Keeping the armed instant when it already lies inside the window matters too: with
+//! tokio's timer (before [`super::wake_timer`]), moving it earlier woke tokio's driver
+//! through an eventfd write. `strace` of the media thread at 1 → 1 over 10 s: 204 such
+//! writes before the window, 23 with it.
 
 use std::time::{Duration, Instant};
 

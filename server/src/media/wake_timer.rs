@@ -4,10 +4,11 @@
 //! On Linux it is a `timerfd` in the loop's own reactor. Tokio's timer wheel was used
 //! before and woke the thread twice for a deadline tens of milliseconds away: once at the
 //! wheel level's slot boundary to move the entry down a level, once at the deadline. The
-//! media plane's timers are mostly 100 ms feedback intervals, so at 1 → 1 about 28 of
-//! the thread's ~200 wake-ups per second did nothing but that (`strace` of the media
-//! thread: `epoll_wait` returning with no datagram and no timer fired). Elsewhere it
-//! falls back to tokio's timer.
+//! media plane's timers are mostly 100 ms feedback intervals. `strace` of the media
+//! thread at 1 → 1 over 10 s (with [`super::timer_slack`] in both): `epoll_wait` returned
+//! 309 times more than `recvmmsg` was called, while the timer fired about 20 times; with
+//! the timerfd, 42 times more. Voluntary context switches went from 203 to 183 per
+//! second. Elsewhere it falls back to tokio's timer.
 
 use std::io;
 use std::time::Instant;

@@ -25,13 +25,6 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "–".to_owned(), |x| format!("{x:.digits$}"))
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-        _ => "–".to_owned(),
-    }
-}
-
 /// Whether a run stayed within [`LOSS_LIMIT_PCT`] and [`P99_LIMIT_MS`] with every
 /// stream flowing.
 pub fn healthy(r: &Value) -> bool {
@@ -42,9 +35,57 @@ pub fn healthy(r: &Value) -> bool {
     loss <= LOSS_LIMIT_PCT && p99 <= P99_LIMIT_MS && flowing && failed == 0.0
 }
 
+/// The round a report file belongs to: `…-r3.json` is round 3, anything else round 1
+/// (`run-benchmark.sh --rounds`).
+fn round_of(path: &Path) -> u32 {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.rsplit_once("-r"))
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(1)
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(xs[n / 2]),
+        _ => Some((xs[n / 2 - 1] + xs[n / 2]) / 2.0),
+    }
+}
+
+/// wardlink/Janus ratio of one metric over the rounds both servers ran: the ratio itself
+/// for one round; for several, the median of the per-round ratios (each round's two runs
+/// ran back to back) followed by every round's ratio.
+fn ratio_over_rounds(w: &[(u32, Value)], j: &[(u32, Value)], path: &[&str]) -> String {
+    let per_round: Vec<f64> = w
+        .iter()
+        .filter_map(|(round, wr)| {
+            let (_, jr) = j.iter().find(|(r, _)| r == round)?;
+            let (a, b) = (f(wr, path)?, f(jr, path)?);
+            (b > 0.0).then(|| a / b)
+        })
+        .collect();
+    match per_round.len() {
+        0 => "–".to_owned(),
+        1 => format!("{:.2}", per_round[0]),
+        _ => {
+            let each: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+            format!(
+                "{:.2} (median of {}: {})",
+                median(per_round.clone()).unwrap_or(f64::NAN),
+                per_round.len(),
+                each.join(", ")
+            )
+        }
+    }
+}
+
 /// Reads every report in `dir` and renders the summary.
 pub fn summarize(dir: &Path) -> anyhow::Result<String> {
-    let mut runs: BTreeMap<(String, String), Value> = BTreeMap::new();
+    // (label, target) → the rounds run, in round order.
+    let mut runs: BTreeMap<(String, String), Vec<(u32, Value)>> = BTreeMap::new();
     let mut leak: Option<Value> = None;
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -65,8 +106,12 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         let (Some(t), Some(l)) = (v["target"].as_str(), v["label"].as_str()) else {
             continue;
         };
-        runs.insert((l.to_owned(), t.to_owned()), v);
+        let round = round_of(&path);
+        let rounds = runs.entry((l.to_owned(), t.to_owned())).or_default();
+        rounds.push((round, v));
+        rounds.sort_by_key(|(r, _)| *r);
     }
+    let rounds_run = runs.values().map(Vec::len).max().unwrap_or(1);
     let mut labels: Vec<String> = runs.keys().map(|(l, _)| l.clone()).collect();
     labels.dedup();
     // Fan-out runs sort by size, not text.
@@ -83,7 +128,8 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
     writeln!(out, "### Runs\n")?;
     let mut pacing: Vec<String> = runs
         .values()
-        .map(|r| match r.get("pace_multiplier") {
+        .flatten()
+        .map(|(_, r)| match r.get("pace_multiplier") {
             Some(serde_json::Value::Number(m)) => format!(
                 "video paced at {m}x its bitrate; latency from the send time to the kernel's receive timestamp at the subscriber"
             ),
@@ -100,11 +146,35 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         "| scenario | server | participants | streams | fwd pkt/s | fwd Mbit/s | loss % | lat p50 ms | lat p99 ms | lat max ms | server CPU (cores) | CPU ms per Mbit | RSS before MiB | RSS max MiB | RSS per participant KiB | generator CPU | generator lag p99 ms | UDP drops server / others | machine busy / other cores |"
     )?;
     writeln!(out, "|{}", "---|".repeat(19))?;
-    for label in &labels {
-        for target in ["wardlink", "janus"] {
-            let Some(r) = runs.get(&(label.clone(), target.to_owned())) else {
-                continue;
-            };
+    let rows = labels.iter().flat_map(|label| {
+        let rounds: Vec<u32> = ["wardlink", "janus"]
+            .iter()
+            .filter_map(|t| runs.get(&(label.clone(), (*t).to_owned())))
+            .flatten()
+            .map(|(r, _)| *r)
+            .collect::<std::collections::BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        rounds.into_iter().flat_map(move |round| {
+            ["wardlink", "janus"]
+                .into_iter()
+                .map(move |target| (label, round, target))
+        })
+    });
+    for (label, round, target) in rows {
+        let Some(r) = runs
+            .get(&(label.clone(), target.to_owned()))
+            .and_then(|rs| rs.iter().find(|(n, _)| *n == round))
+            .map(|(_, r)| r)
+        else {
+            continue;
+        };
+        let label = if rounds_run > 1 {
+            format!("{label} r{round}")
+        } else {
+            label.clone()
+        };
+        {
             let ms = |p: &[&str]| f(r, p).map(|v| v / 1000.0);
             let mib = |p: &[&str]| f(r, p).map(|v| v / 1024.0);
             writeln!(
@@ -137,6 +207,12 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         out,
         "\n### wardlink / Janus ratios (below 1.00: wardlink uses less)\n"
     )?;
+    if rounds_run > 1 {
+        writeln!(
+            out,
+            "Several rounds: each cell is the median of the per-round ratios (wardlink's run and Janus's run of one round ran back to back), then every round's ratio. Loss columns: the worst round.\n"
+        )?;
+    }
     writeln!(
         out,
         "| scenario | CPU per forwarded Mbit | added latency p99 | RSS per participant | loss wardlink % | loss Janus % |"
@@ -149,20 +225,19 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         ) else {
             continue;
         };
+        let worst_loss = |rs: &[(u32, Value)]| {
+            rs.iter()
+                .filter_map(|(_, r)| f(r, &["loss_pct"]))
+                .reduce(f64::max)
+        };
         writeln!(
             out,
             "| {label} | {} | {} | {} | {} | {} |",
-            ratio(
-                f(w, &["server", "cpu_ms_per_mbit"]),
-                f(j, &["server", "cpu_ms_per_mbit"])
-            ),
-            ratio(f(w, &["latency", "p99_us"]), f(j, &["latency", "p99_us"])),
-            ratio(
-                f(w, &["server", "rss_per_participant_kib"]),
-                f(j, &["server", "rss_per_participant_kib"])
-            ),
-            fmt(f(w, &["loss_pct"]), 3),
-            fmt(f(j, &["loss_pct"]), 3),
+            ratio_over_rounds(w, j, &["server", "cpu_ms_per_mbit"]),
+            ratio_over_rounds(w, j, &["latency", "p99_us"]),
+            ratio_over_rounds(w, j, &["server", "rss_per_participant_kib"]),
+            fmt(worst_loss(w), 3),
+            fmt(worst_loss(j), 3),
         )?;
     }
 
@@ -174,16 +249,16 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         let mut last_good: Option<&Value> = None;
         let mut first_bad: Option<&Value> = None;
         for label in labels.iter().filter(|l| l.starts_with("a-")) {
-            let Some(r) = runs.get(&(label.clone(), target.to_owned())) else {
+            let Some(rounds) = runs.get(&(label.clone(), target.to_owned())) else {
                 continue;
             };
             if first_bad.is_some() {
                 break;
             }
-            if healthy(r) {
-                last_good = Some(r);
-            } else {
-                first_bad = Some(r);
+            // A size is healthy only if every round of it was.
+            match rounds.iter().find(|(_, r)| !healthy(r)) {
+                Some((_, bad)) => first_bad = Some(bad),
+                None => last_good = rounds.first().map(|(_, r)| r),
             }
         }
         let describe = |r: &Value| {
@@ -209,4 +284,102 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         writeln!(out, "```json\n{}\n```", serde_json::to_string_pretty(&l)?)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(target: &str, label: &str, cpu_ms_per_mbit: f64, p99_us: f64) -> String {
+        serde_json::json!({
+            "target": target,
+            "label": label,
+            "loss_pct": 0.0,
+            "latency": { "p50_us": 100.0, "p99_us": p99_us, "max_us": 900.0 },
+            "server": { "cpu_ms_per_mbit": cpu_ms_per_mbit, "rss_per_participant_kib": 100.0 },
+            "streams_expected": 2,
+            "streams_flowing_at_start": 2,
+            "failed_participants": 0,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn rounds_pair_by_number_and_report_the_median_ratio() {
+        let dir = std::env::temp_dir().join(format!("wl-summary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Round 1 has no suffix; rounds 2 and 3 do. Ratios 0.40, 0.60, 0.50 by round.
+        for (file, body) in [
+            (
+                "a-fanout-1-wardlink.json",
+                report("wardlink", "a-fanout-1", 4.0, 300.0),
+            ),
+            (
+                "a-fanout-1-janus.json",
+                report("janus", "a-fanout-1", 10.0, 400.0),
+            ),
+            (
+                "a-fanout-1-wardlink-r2.json",
+                report("wardlink", "a-fanout-1", 6.0, 300.0),
+            ),
+            (
+                "a-fanout-1-janus-r2.json",
+                report("janus", "a-fanout-1", 10.0, 400.0),
+            ),
+            (
+                "a-fanout-1-wardlink-r3.json",
+                report("wardlink", "a-fanout-1", 10.0, 300.0),
+            ),
+            (
+                "a-fanout-1-janus-r3.json",
+                report("janus", "a-fanout-1", 20.0, 400.0),
+            ),
+        ] {
+            std::fs::write(dir.join(file), body).unwrap();
+        }
+        let out = summarize(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            out.contains("| a-fanout-1 | 0.50 (median of 3: 0.40, 0.60, 0.50) | 0.75 (median of 3: 0.75, 0.75, 0.75) |"),
+            "{out}"
+        );
+        // Every run gets its own row, named by round.
+        for round in ["r1", "r2", "r3"] {
+            assert!(
+                out.contains(&format!("| a-fanout-1 {round} | wardlink |")),
+                "{out}"
+            );
+            assert!(
+                out.contains(&format!("| a-fanout-1 {round} | janus |")),
+                "{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_single_round_keeps_the_plain_ratio() {
+        let dir = std::env::temp_dir().join(format!("wl-summary1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("c-1x10-wardlink.json"),
+            report("wardlink", "c-1x10", 1.5, 870.0),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("c-1x10-janus.json"),
+            report("janus", "c-1x10", 3.75, 1390.0),
+        )
+        .unwrap();
+        let out = summarize(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(out.contains("| c-1x10 | 0.40 | 0.63 | 1.00 |"), "{out}");
+        assert!(out.contains("| c-1x10 | wardlink |"), "{out}");
+    }
+
+    #[test]
+    fn the_round_comes_from_the_file_name() {
+        assert_eq!(round_of(Path::new("a-fanout-200-janus.json")), 1);
+        assert_eq!(round_of(Path::new("a-fanout-200-janus-r4.json")), 4);
+        assert_eq!(round_of(Path::new("b-20x4-wardlink-r12.json")), 12);
+    }
 }
