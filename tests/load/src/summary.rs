@@ -304,41 +304,63 @@ mod tests {
         .to_string()
     }
 
-    #[test]
-    fn rounds_pair_by_number_and_report_the_median_ratio() {
-        let dir = std::env::temp_dir().join(format!("wl-summary-{}", std::process::id()));
+    /// Writes one report per (file, target, label, CPU ms per Mbit, p99 µs) into a fresh
+    /// directory and summarizes it.
+    fn summary_of(tag: &str, reports: &[(&str, &str, &str, f64, f64)]) -> String {
+        let dir = std::env::temp_dir().join(format!("wl-summary-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        // Round 1 has no suffix; rounds 2 and 3 do. Ratios 0.40, 0.60, 0.50 by round.
-        for (file, body) in [
-            (
-                "a-fanout-1-wardlink.json",
-                report("wardlink", "a-fanout-1", 4.0, 300.0),
-            ),
-            (
-                "a-fanout-1-janus.json",
-                report("janus", "a-fanout-1", 10.0, 400.0),
-            ),
-            (
-                "a-fanout-1-wardlink-r2.json",
-                report("wardlink", "a-fanout-1", 6.0, 300.0),
-            ),
-            (
-                "a-fanout-1-janus-r2.json",
-                report("janus", "a-fanout-1", 10.0, 400.0),
-            ),
-            (
-                "a-fanout-1-wardlink-r3.json",
-                report("wardlink", "a-fanout-1", 10.0, 300.0),
-            ),
-            (
-                "a-fanout-1-janus-r3.json",
-                report("janus", "a-fanout-1", 20.0, 400.0),
-            ),
-        ] {
-            std::fs::write(dir.join(file), body).unwrap();
+        for (file, target, label, cpu, p99) in reports {
+            std::fs::write(dir.join(file), report(target, label, *cpu, *p99)).unwrap();
         }
         let out = summarize(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+        out
+    }
+
+    #[test]
+    fn rounds_pair_by_number_and_report_the_median_ratio() {
+        // Round 1 has no suffix; rounds 2 and 3 do. CPU ratios 0.40, 0.60, 0.50 by round.
+        let out = summary_of(
+            "rounds",
+            &[
+                (
+                    "a-fanout-1-wardlink.json",
+                    "wardlink",
+                    "a-fanout-1",
+                    4.0,
+                    300.0,
+                ),
+                ("a-fanout-1-janus.json", "janus", "a-fanout-1", 10.0, 400.0),
+                (
+                    "a-fanout-1-wardlink-r2.json",
+                    "wardlink",
+                    "a-fanout-1",
+                    6.0,
+                    300.0,
+                ),
+                (
+                    "a-fanout-1-janus-r2.json",
+                    "janus",
+                    "a-fanout-1",
+                    10.0,
+                    400.0,
+                ),
+                (
+                    "a-fanout-1-wardlink-r3.json",
+                    "wardlink",
+                    "a-fanout-1",
+                    10.0,
+                    300.0,
+                ),
+                (
+                    "a-fanout-1-janus-r3.json",
+                    "janus",
+                    "a-fanout-1",
+                    20.0,
+                    400.0,
+                ),
+            ],
+        );
         assert!(
             out.contains("| a-fanout-1 | 0.50 (median of 3: 0.40, 0.60, 0.50) | 0.75 (median of 3: 0.75, 0.75, 0.75) |"),
             "{out}"
@@ -358,20 +380,13 @@ mod tests {
 
     #[test]
     fn a_single_round_keeps_the_plain_ratio() {
-        let dir = std::env::temp_dir().join(format!("wl-summary1-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("c-1x10-wardlink.json"),
-            report("wardlink", "c-1x10", 1.5, 870.0),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("c-1x10-janus.json"),
-            report("janus", "c-1x10", 3.75, 1390.0),
-        )
-        .unwrap();
-        let out = summarize(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        let out = summary_of(
+            "single",
+            &[
+                ("c-1x10-wardlink.json", "wardlink", "c-1x10", 1.5, 870.0),
+                ("c-1x10-janus.json", "janus", "c-1x10", 3.75, 1390.0),
+            ],
+        );
         assert!(out.contains("| c-1x10 | 0.40 | 0.63 | 1.00 |"), "{out}");
         assert!(out.contains("| c-1x10 | wardlink |"), "{out}");
     }
