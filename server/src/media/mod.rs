@@ -222,8 +222,11 @@ impl Sender {
                 at += run;
             }
             match self.batch.send(socket, queue, &self.runs) {
+                // The kernel takes at least one message or fails; should it ever take none,
+                // wait for writability rather than spin.
+                Ok(0) => return true,
                 Ok(messages) => {
-                    let sent: usize = self.runs[..messages].iter().sum();
+                    let sent: usize = self.runs[..messages.min(self.runs.len())].iter().sum();
                     self.queue.drain(..sent);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
