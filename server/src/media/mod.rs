@@ -133,6 +133,12 @@ pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
     #[cfg(not(target_os = "linux"))]
     runtime.enable_time();
     let runtime = runtime.build()?;
+    // Created here, inside the loop's runtime, so a failure stops startup with an error
+    // instead of leaving a media thread that never wakes for its timers.
+    let timer = {
+        let _in_runtime = runtime.enter();
+        wake_timer::WakeTimer::new()?
+    };
     std::thread::Builder::new()
         .name("media".into())
         .spawn(move || {
@@ -143,7 +149,7 @@ pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
                 match register(socket, Interest::READABLE) {
                     Ok(socket) => {
                         let sender = Sender::new(socket.get_ref(), gso);
-                        run(socket, sfu, rx, sender).await
+                        run(socket, sfu, rx, sender, timer).await
                     }
                     Err(e) => tracing::error!(%e, "media socket could not join the event loop"),
                 }
@@ -247,25 +253,18 @@ impl Sender {
 }
 
 /// The event loop: flush what the SFU wants sent, then wait for a datagram, a request
-/// or the next protocol deadline.
+/// or the next protocol deadline. `timer` is the loop's one timer for its whole life,
+/// moved only when the SFU's deadline leaves the slack window (`timer_slack`).
 async fn run(
     socket: AsyncFd<UdpSocket>,
     mut sfu: Sfu,
     mut rx: mpsc::UnboundedReceiver<Request>,
     mut sender: Sender,
+    mut timer: wake_timer::WakeTimer,
 ) {
     let mut batch = recv_batch::RecvBatch::default();
     // Registered for writing only while a send found the kernel buffer full (see `start`).
     let mut writable: Option<AsyncFd<UdpSocket>> = None;
-    // One timer for the loop's life, moved only when the SFU's deadline leaves the slack
-    // window (`timer_slack`).
-    let mut timer = match wake_timer::WakeTimer::new() {
-        Ok(timer) => timer,
-        Err(e) => {
-            tracing::error!(%e, "cannot create the media loop's timer");
-            return;
-        }
-    };
     // After connections close, hand the heap they freed back to the kernel (see `memory`).
     let mut next_trim_check = Instant::now() + TRIM_CHECK;
     let mut peers_at_last_check = 0;
