@@ -18,8 +18,8 @@
 #   --only      subset of scenarios: a (fan-out), b (20 rooms x 4), c (1 room x 10), leak
 #   --rounds    run each scenario's wardlink/Janus pair K times, alternating (default 1).
 #               The summary gives the median of the per-round ratios and every round's
-#               ratio: at 1 -> 1 the ratio of one pair moved between 0.41 and 0.66 over
-#               five runs of one build, with the machine's speed drifting between them.
+#               ratio: at 1 -> 1 the ratio of one pair moved between 0.40 and 0.66 over
+#               ten pairs of one build, with the machine's speed drifting between them.
 #   --load-args extra arguments for every scenario run of wardlink-load, e.g.
 #               "--pace-multiplier 0" for publishers that send frames unpaced
 #

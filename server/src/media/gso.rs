@@ -9,8 +9,9 @@
 //! walks the stack once and cuts the buffer into datagrams at the end.
 //!
 //! [`next_run`] decides what may share a send (pure, tested without sockets);
-//! [`super::send_batch`] performs it, one GSO run per message of a `sendmmsg`. Where the kernel or the device refuses GSO, the caller falls back to one
-//! `sendto` per datagram for good ([`is_unsupported`]).
+//! [`super::send_batch`] performs it, one GSO run per message of a `sendmmsg`. Where the
+//! kernel or the device refuses GSO, the caller falls back to one datagram per message for
+//! good ([`is_unsupported`]).
 
 /// Most segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 or 128).
 pub const MAX_SEGMENTS: usize = 64;

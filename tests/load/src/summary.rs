@@ -45,25 +45,28 @@ fn round_of(path: &Path) -> u32 {
         .unwrap_or(1)
 }
 
-fn median(mut xs: Vec<f64>) -> Option<f64> {
+/// Median of a non-empty list.
+fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(xs[n / 2]),
-        _ => Some((xs[n / 2 - 1] + xs[n / 2]) / 2.0),
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
     }
 }
+
+/// One server's runs of one scenario, by round.
+type Rounds = BTreeMap<u32, Value>;
 
 /// wardlink/Janus ratio of one metric over the rounds both servers ran: the ratio itself
 /// for one round; for several, the median of the per-round ratios (each round's two runs
 /// ran back to back) followed by every round's ratio.
-fn ratio_over_rounds(w: &[(u32, Value)], j: &[(u32, Value)], path: &[&str]) -> String {
+fn ratio_over_rounds(w: &Rounds, j: &Rounds, path: &[&str]) -> String {
     let per_round: Vec<f64> = w
         .iter()
         .filter_map(|(round, wr)| {
-            let (_, jr) = j.iter().find(|(r, _)| r == round)?;
-            let (a, b) = (f(wr, path)?, f(jr, path)?);
+            let (a, b) = (f(wr, path)?, f(j.get(round)?, path)?);
             (b > 0.0).then(|| a / b)
         })
         .collect();
@@ -72,10 +75,10 @@ fn ratio_over_rounds(w: &[(u32, Value)], j: &[(u32, Value)], path: &[&str]) -> S
         1 => format!("{:.2}", per_round[0]),
         _ => {
             let each: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+            let n = each.len();
             format!(
-                "{:.2} (median of {}: {})",
-                median(per_round.clone()).unwrap_or(f64::NAN),
-                per_round.len(),
+                "{:.2} (median of {n}: {})",
+                median(per_round),
                 each.join(", ")
             )
         }
@@ -84,8 +87,9 @@ fn ratio_over_rounds(w: &[(u32, Value)], j: &[(u32, Value)], path: &[&str]) -> S
 
 /// Reads every report in `dir` and renders the summary.
 pub fn summarize(dir: &Path) -> anyhow::Result<String> {
-    // (label, target) → the rounds run, in round order.
-    let mut runs: BTreeMap<(String, String), Vec<(u32, Value)>> = BTreeMap::new();
+    let mut runs: BTreeMap<(String, String), Rounds> = BTreeMap::new();
+    // Every round run of a scenario, by either server.
+    let mut rounds_of: BTreeMap<String, std::collections::BTreeSet<u32>> = BTreeMap::new();
     let mut leak: Option<Value> = None;
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -107,11 +111,12 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
             continue;
         };
         let round = round_of(&path);
-        let rounds = runs.entry((l.to_owned(), t.to_owned())).or_default();
-        rounds.push((round, v));
-        rounds.sort_by_key(|(r, _)| *r);
+        rounds_of.entry(l.to_owned()).or_default().insert(round);
+        runs.entry((l.to_owned(), t.to_owned()))
+            .or_default()
+            .insert(round, v);
     }
-    let rounds_run = runs.values().map(Vec::len).max().unwrap_or(1);
+    let rounds_run = rounds_of.values().map(|r| r.len()).max().unwrap_or(1);
     let mut labels: Vec<String> = runs.keys().map(|(l, _)| l.clone()).collect();
     labels.dedup();
     // Fan-out runs sort by size, not text.
@@ -128,8 +133,8 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
     writeln!(out, "### Runs\n")?;
     let mut pacing: Vec<String> = runs
         .values()
-        .flatten()
-        .map(|(_, r)| match r.get("pace_multiplier") {
+        .flat_map(Rounds::values)
+        .map(|r| match r.get("pace_multiplier") {
             Some(serde_json::Value::Number(m)) => format!(
                 "video paced at {m}x its bitrate; latency from the send time to the kernel's receive timestamp at the subscriber"
             ),
@@ -147,15 +152,7 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
     )?;
     writeln!(out, "|{}", "---|".repeat(19))?;
     let rows = labels.iter().flat_map(|label| {
-        let rounds: Vec<u32> = ["wardlink", "janus"]
-            .iter()
-            .filter_map(|t| runs.get(&(label.clone(), (*t).to_owned())))
-            .flatten()
-            .map(|(r, _)| *r)
-            .collect::<std::collections::BTreeSet<u32>>()
-            .into_iter()
-            .collect();
-        rounds.into_iter().flat_map(move |round| {
+        rounds_of[label].iter().flat_map(move |&round| {
             ["wardlink", "janus"]
                 .into_iter()
                 .map(move |target| (label, round, target))
@@ -164,8 +161,7 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
     for (label, round, target) in rows {
         let Some(r) = runs
             .get(&(label.clone(), target.to_owned()))
-            .and_then(|rs| rs.iter().find(|(n, _)| *n == round))
-            .map(|(_, r)| r)
+            .and_then(|rs| rs.get(&round))
         else {
             continue;
         };
@@ -225,9 +221,9 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         ) else {
             continue;
         };
-        let worst_loss = |rs: &[(u32, Value)]| {
-            rs.iter()
-                .filter_map(|(_, r)| f(r, &["loss_pct"]))
+        let worst_loss = |rs: &Rounds| {
+            rs.values()
+                .filter_map(|r| f(r, &["loss_pct"]))
                 .reduce(f64::max)
         };
         writeln!(
@@ -256,9 +252,9 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
                 break;
             }
             // A size is healthy only if every round of it was.
-            match rounds.iter().find(|(_, r)| !healthy(r)) {
-                Some((_, bad)) => first_bad = Some(bad),
-                None => last_good = rounds.first().map(|(_, r)| r),
+            match rounds.values().find(|r| !healthy(r)) {
+                Some(bad) => first_bad = Some(bad),
+                None => last_good = rounds.values().next(),
             }
         }
         let describe = |r: &Value| {
