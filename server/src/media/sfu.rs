@@ -194,7 +194,10 @@ fn kind_name(kind: MediaKind) -> &'static str {
 pub struct Sfu {
     config: SfuConfig,
     next_peer: PeerId,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: a `Peer` is about 9 KB (the `rtc` connection inline), and the table holds
+    /// spare buckets too. Inline, 600 peers made a table of about 10 MB that the media
+    /// thread copied whole whenever it grew, and that kept its high-water size.
+    peers: HashMap<PeerId, Box<Peer>>,
     demux: Demux,
     attachments: HashMap<ParticipantId, Attachment>,
     /// Publisher participant → subscriber connections, per kind.
@@ -442,7 +445,7 @@ impl Sfu {
     ) {
         self.peers.insert(
             id,
-            Peer {
+            Box::new(Peer {
                 participant: participant.to_string(),
                 pc_kind,
                 pc,
@@ -452,7 +455,7 @@ impl Sfu {
                 timer_stale: true,
                 outbox: VecDeque::new(),
                 side,
-            },
+            }),
         );
     }
 
@@ -990,7 +993,7 @@ impl Sfu {
             if let Some(Peer {
                 side: Side::Subscriber { legs, .. },
                 ..
-            }) = self.peers.get(&id)
+            }) = self.peers.get(&id).map(|p| &**p)
             {
                 for (publisher, slots) in legs {
                     for (leg, kind) in slots.iter().zip(ALL_KINDS) {
@@ -1025,7 +1028,7 @@ impl Sfu {
             let Some(Peer {
                 side: Side::Publisher { tracks, .. },
                 ..
-            }) = self.peers.get_mut(&from)
+            }) = self.peers.get_mut(&from).map(|p| &mut **p)
             else {
                 return;
             };

@@ -42,19 +42,23 @@ pub struct LeakReport {
     pub cycles_failed: u64,
     /// First failures.
     pub errors: Vec<String>,
-    /// Server RSS after the warm-up cycles, KiB.
+    /// Server RSS after the warm-up cycles, once the room is empty and settled, KiB.
     pub rss_before_kib: Option<u64>,
-    /// Server RSS after the measured cycles (and a settle pause), KiB.
+    /// Server RSS after the measured cycles, once the room is empty and settled, KiB.
     pub rss_after_kib: Option<u64>,
     /// after − before, KiB.
     pub rss_growth_kib: Option<i64>,
+    /// The anonymous part of `rss_before_kib` (heap, stacks), KiB.
+    pub anon_before_kib: Option<u64>,
+    /// The anonymous part of `rss_after_kib`, KiB.
+    pub anon_after_kib: Option<u64>,
     /// Growth per measured cycle, bytes.
     pub growth_per_cycle_bytes: Option<f64>,
     /// Server peak RSS, KiB.
     pub hwm_kib: Option<u64>,
     /// Wall time of the measured cycles (settle pauses not included), s.
     pub seconds: f64,
-    /// RSS after each block of measured cycles (the last one is `rss_after_kib`).
+    /// RSS after each block of measured cycles, read while the host is still in the room.
     pub checkpoints: Vec<LeakCheckpoint>,
 }
 
@@ -63,8 +67,10 @@ pub struct LeakReport {
 pub struct LeakCheckpoint {
     /// Measured cycles started so far.
     pub cycles: u64,
-    /// Server RSS after them and the settle pause, KiB.
+    /// Server RSS after them and the settle pause, host present, KiB.
     pub rss_kib: Option<u64>,
+    /// Its anonymous part, KiB.
+    pub anon_kib: Option<u64>,
 }
 
 /// How many cycles each block of the measured phase runs: `every` at a time, the rest in
@@ -79,14 +85,80 @@ fn blocks(total: u64, every: u64) -> Vec<u64> {
         .collect()
 }
 
-/// Runs the leak check. A host stays in the room publishing throughout, so every cycle
-/// also gets (and must connect) a subscribe connection.
+/// How long the server gets after a phase before RSS is read: it tears connections down
+/// on timers too, and returns freed heap on a 2 s check after connections close.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// A host that stays in the leak-check room publishing, so every cycle also gets (and
+/// must connect) a subscribe connection.
+struct Host {
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Host {
+    /// Joins with the host invitation and waits until its publish connection is up.
+    async fn start(
+        target: &Arc<WardlinkTarget>,
+        token: &str,
+        device: &str,
+        ctx: &RunCtx,
+    ) -> anyhow::Result<Host> {
+        let (stop, stop_rx) = watch::channel(false);
+        let ctx = Arc::new(RunCtx {
+            clock: ctx.clock,
+            window: ctx.window.clone(),
+            plan: ctx.plan.clone(),
+            bind_ip: ctx.bind_ip,
+            stop: stop_rx,
+            subscribe_go: ctx.subscribe_go.clone(),
+        });
+        let spec = Arc::new(ParticipantSpec {
+            room: 0,
+            id: 0,
+            publisher: Some((0, Arc::new(PublisherCounters::default()))),
+            rx: None,
+            expected: Vec::new(),
+            status: Status::default(),
+            device: Some(device.to_owned()),
+        });
+        let task = tokio::spawn(crate::wardlink_target::run_participant(
+            target.clone(),
+            token.to_owned(),
+            spec.clone(),
+            ctx,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !spec.status.publish_connected.load(Ordering::Relaxed) {
+            if Instant::now() > deadline || task.is_finished() {
+                bail!("leak check: the host did not start publishing");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Host { task, stop })
+    }
+
+    /// Leaves the room and waits (bounded) for the participant to finish.
+    async fn leave(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// Runs the leak check.
+///
+/// "Before" and "after" are read in the same state: nobody in the room, after the
+/// settle pause. The warm-up runs with one host, which then leaves; the measured cycles
+/// run with a second host, which leaves at the end. The checkpoints in between are read
+/// while the second host is still there, so state that grows with a long-lived
+/// connection shows up as a rise across them even though it is freed when that host
+/// leaves.
 pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::Result<LeakReport> {
     let tokens = target
         .minter
         .room("leak check", cfg.concurrency + 1)
         .context("creating the leak-check conference")?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (_stop_tx, stop_rx) = watch::channel(false);
     let (_go_tx, go_rx) = watch::channel(true);
     let ctx = Arc::new(RunCtx {
         clock: Clock::new(),
@@ -96,27 +168,9 @@ pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::R
         stop: stop_rx,
         subscribe_go: go_rx,
     });
-    let host = Arc::new(ParticipantSpec {
-        room: 0,
-        id: 0,
-        publisher: Some((0, Arc::new(PublisherCounters::default()))),
-        rx: None,
-        expected: Vec::new(),
-        status: Status::default(),
-    });
-    let host_task = tokio::spawn(crate::wardlink_target::run_participant(
-        target.clone(),
-        tokens[0].clone(),
-        host.clone(),
-        ctx.clone(),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !host.status.publish_connected.load(Ordering::Relaxed) {
-        if Instant::now() > deadline || host_task.is_finished() {
-            bail!("leak check: the host did not start publishing");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Both hosts join from one device, as a host coming back would.
+    let host_device = format!("leak-host-{}", random_device());
+    let warmup_host = Host::start(&target, &tokens[0], &host_device, &ctx).await?;
 
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     // One device per invitation for the whole check: a new device would (rightly) send
@@ -159,28 +213,29 @@ pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::R
         }
     };
     run_phase(cfg.warmup_cycles).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    warmup_host.leave().await;
+    tokio::time::sleep(SETTLE).await;
     let mem = |pid: Option<u32>| pid.and_then(|p| procstat::memory(p).ok());
     let before = mem(cfg.server_pid);
+    let host = Host::start(&target, &tokens[0], &host_device, &ctx).await?;
     let (mut ok, mut failed, mut done, mut seconds) = (0, 0, 0, 0.0);
     let mut checkpoints = Vec::new();
-    let mut after = None;
     for n in blocks(cfg.cycles, cfg.checkpoint_every) {
         let t0 = Instant::now();
         let (o, f) = run_phase(n).await;
         seconds += t0.elapsed().as_secs_f64();
         (ok, failed, done) = (ok + o, failed + f, done + n);
-        // The server tears connections down on timers too, and returns freed heap on a
-        // 2 s check after connections close; let both run.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        after = mem(cfg.server_pid);
+        tokio::time::sleep(SETTLE).await;
+        let now = mem(cfg.server_pid);
         checkpoints.push(LeakCheckpoint {
             cycles: done,
-            rss_kib: after.as_ref().map(|m| m.rss_kib),
+            rss_kib: now.map(|m| m.rss_kib),
+            anon_kib: now.map(|m| m.anon_kib),
         });
     }
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), host_task).await;
+    host.leave().await;
+    tokio::time::sleep(SETTLE).await;
+    let after = mem(cfg.server_pid);
     let growth = match (before, after) {
         (Some(b), Some(a)) => Some(a.rss_kib as i64 - b.rss_kib as i64),
         _ => None,
@@ -193,6 +248,8 @@ pub async fn run_leak(target: Arc<WardlinkTarget>, cfg: LeakConfig) -> anyhow::R
         rss_before_kib: before.map(|m| m.rss_kib),
         rss_after_kib: after.map(|m| m.rss_kib),
         rss_growth_kib: growth,
+        anon_before_kib: before.map(|m| m.anon_kib),
+        anon_after_kib: after.map(|m| m.anon_kib),
         growth_per_cycle_bytes: growth
             .filter(|_| cfg.cycles > 0)
             .map(|g| (g as f64 * 1024.0 / cfg.cycles as f64 * 10.0).round() / 10.0),

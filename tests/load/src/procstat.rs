@@ -83,9 +83,13 @@ pub struct Memory {
     pub rss_kib: u64,
     /// Peak resident set size since the process started.
     pub hwm_kib: u64,
+    /// The anonymous part of the resident set (heap, stacks): where a leak would grow.
+    /// The rest is mostly file pages (the binary's and libraries' code), which come in as
+    /// code runs for the first time.
+    pub anon_kib: u64,
 }
 
-/// Reads VmRSS and VmHWM.
+/// Reads VmRSS, VmHWM and RssAnon.
 pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
@@ -98,6 +102,7 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     Ok(Memory {
         rss_kib: field("VmRSS:").unwrap_or(0),
         hwm_kib: field("VmHWM:").unwrap_or(0),
+        anon_kib: field("RssAnon:").unwrap_or(0),
     })
 }
 
@@ -232,6 +237,7 @@ mod tests {
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
         let m = memory(pid).unwrap();
         assert!(m.rss_kib > 0 && m.hwm_kib >= m.rss_kib);
+        assert!(m.anon_kib > 0 && m.anon_kib <= m.rss_kib);
         let _ = udp_counters();
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let d = socket_drops(Some(pid));

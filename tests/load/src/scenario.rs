@@ -79,6 +79,9 @@ pub struct ParticipantSpec {
     pub expected: Vec<u32>,
     /// Progress.
     pub status: Status,
+    /// Device id to join with; a fresh random one when `None`. An invitation already used
+    /// from one device sends another device through the waiting room.
+    pub device: Option<String>,
 }
 
 /// What every participant of a run shares.
@@ -297,6 +300,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
                 rx,
                 expected,
                 status: Status::default(),
+                device: None,
             }));
         }
     }

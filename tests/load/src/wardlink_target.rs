@@ -180,7 +180,7 @@ pub async fn run_participant(
             protocol: PROTOCOL_VERSION,
             token,
             display_name: Some(format!("load {}", spec.id)),
-            device: Some(random_device()),
+            device: Some(spec.device.clone().unwrap_or_else(random_device)),
         },
     )
     .await?;
