@@ -8,6 +8,7 @@
 //! - [`leak`]: join/leave cycles against wardlink with RSS before/after;
 //! - [`procstat`]: CPU, memory and UDP drop counters from /proc;
 //! - [`rxstamp`]: kernel receive timestamps for the latency measurement;
+//! - [`sched`]: the generator's scheduling policy (`--sched batch`);
 //! - [`sockopt`]: integer socket options (receive buffer, timestamps);
 //! - [`stats`], [`histogram`]: counters and the latency histogram;
 //! - [`summary`]: Markdown tables from a directory of reports.
@@ -20,6 +21,7 @@ pub mod peer;
 pub mod procstat;
 pub mod rxstamp;
 pub mod scenario;
+pub mod sched;
 pub mod sockopt;
 pub mod stats;
 pub mod summary;

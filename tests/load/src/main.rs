@@ -16,6 +16,12 @@ use wardlink_load::wardlink_target::WardlinkTarget;
 use wardlink_load::InProcessWardlink;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SchedPolicy {
+    Normal,
+    Batch,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum TargetKind {
     Wardlink,
     Janus,
@@ -71,6 +77,11 @@ struct Cli {
     /// 2.5). 0 sends every frame's packets back to back.
     #[arg(long, default_value_t = wardlink_load::peer::DEFAULT_PACE_MULTIPLIER)]
     pace_multiplier: f64,
+    /// Scheduling policy of the generator's threads. `batch` (SCHED_BATCH) stops a
+    /// generator thread woken by the server's send from preempting the server on the
+    /// shared cores (see `sched.rs`); the report records which was used.
+    #[arg(long, value_enum, default_value = "normal")]
+    sched: SchedPolicy,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -108,6 +119,12 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    if cli.sched == SchedPolicy::Batch {
+        if let Err(e) = wardlink_load::sched::use_batch() {
+            eprintln!("error: cannot switch to SCHED_BATCH: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     // One runtime for everything: on a 2-core machine shared with the server under test,
     // more worker threads than cores only adds contention.
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -220,6 +220,8 @@ pub struct Report {
     pub ingress_pps: f64,
     /// Video pacing multiplier the publishers used (`None`: frames sent back to back).
     pub pace_multiplier: Option<f64>,
+    /// The generator's scheduling policy (`normal`, or `batch` with `--sched batch`).
+    pub generator_sched: String,
     /// One-way latency publisher → server → subscriber, all packets: from the send time
     /// in the payload to the kernel's receive timestamp on the subscriber's socket.
     pub latency: Latency,
@@ -574,6 +576,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         target: target.name().to_owned(),
         label: cfg.label.clone(),
         pace_multiplier: cfg.plan.pace_multiplier,
+        generator_sched: crate::sched::policy_name().to_owned(),
         rooms: cfg.rooms,
         publishers_per_room: cfg.publishers,
         subscribers_per_room: cfg.subscribers,
@@ -679,6 +682,7 @@ pub fn print_table(r: &Report) {
         Some(m) => println!("  publishers' video paced at {m}x its bitrate"),
         None => println!("  publishers' video frames sent back to back (unpaced)"),
     }
+    println!("  generator scheduling policy: {}", r.generator_sched);
     println!(
         "  latency ms: p50 {:.2}  p99 {:.2}  max {:.2}   (audio p99 {:.2}, video p99 {:.2})",
         ms(r.latency.p50_us),

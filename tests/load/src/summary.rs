@@ -146,6 +146,15 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
     pacing.sort();
     pacing.dedup();
     writeln!(out, "Publishers: {}.\n", pacing.join(" / "))?;
+    let mut sched: Vec<&str> = runs
+        .values()
+        .flat_map(Rounds::values)
+        // Reports written before `--sched` existed ran under the normal policy.
+        .map(|r| r.get("generator_sched").and_then(|v| v.as_str()).unwrap_or("normal"))
+        .collect();
+    sched.sort_unstable();
+    sched.dedup();
+    writeln!(out, "Generator scheduling policy: {}.\n", sched.join(" / "))?;
     writeln!(
         out,
         "| scenario | server | participants | streams | fwd pkt/s | fwd Mbit/s | loss % | lat p50 ms | lat p99 ms | lat max ms | server CPU (cores) | CPU ms per Mbit | RSS before MiB | RSS max MiB | RSS per participant KiB | generator CPU | generator lag p99 ms | UDP drops server / others | machine busy / other cores |"
