@@ -150,7 +150,11 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         .values()
         .flat_map(Rounds::values)
         // Reports written before `--sched` existed ran under the normal policy.
-        .map(|r| r.get("generator_sched").and_then(|v| v.as_str()).unwrap_or("normal"))
+        .map(|r| {
+            r.get("generator_sched")
+                .and_then(|v| v.as_str())
+                .unwrap_or("normal")
+        })
         .collect();
     sched.sort_unstable();
     sched.dedup();
