@@ -12,15 +12,16 @@ pub mod recv_batch;
 pub mod send_batch;
 pub mod sfu;
 pub mod timer_slack;
-pub mod wake_timer;
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-use tokio::sync::mpsc;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::mpsc::UnboundedSender;
 use wardlink_signaling::protocol::ParticipantId;
 use wardlink_signaling::room::{MediaCommand, MediaEvent};
 
@@ -31,15 +32,19 @@ use sfu::{Sfu, SfuConfig, SfuStats};
 const READ_ROUNDS: usize = 2;
 /// How often the loop checks whether connections closed, to return freed heap.
 const TRIM_CHECK: Duration = Duration::from_secs(2);
-/// When a send found the kernel buffer full and no descriptor could be registered to wait
-/// for it to drain, how soon the loop tries again.
+/// When a send found the kernel buffer full and the socket could not be registered to
+/// wait for it to drain, how soon the loop tries again.
 const RETRY_BLOCKED_SEND: Duration = Duration::from_millis(1);
+/// The media socket in the loop's `Poll`.
+const SOCKET: Token = Token(0);
+/// The requests channel's waker in the loop's `Poll`.
+const REQUESTS: Token = Token(1);
 
 /// A request to the media loop.
 enum Request {
     Attach {
         participant: ParticipantId,
-        events: mpsc::UnboundedSender<MediaEvent>,
+        events: UnboundedSender<MediaEvent>,
     },
     Command(MediaCommand),
     Stats(tokio::sync::oneshot::Sender<(SfuStats, usize)>),
@@ -52,13 +57,43 @@ pub struct MediaHandle {
     pub local_addr: SocketAddr,
     /// The address advertised in ICE candidates.
     pub advertised_addr: SocketAddr,
-    tx: mpsc::UnboundedSender<Request>,
+    requests: Arc<Requests>,
+}
+
+/// The sending side of the loop's request queue. Dropped with the last handle, it wakes
+/// the loop once more so the loop sees the queue closed and ends.
+struct Requests {
+    tx: Option<mpsc::Sender<Request>>,
+    /// Shared with the loop: the loop's copy keeps the eventfd open, so the last wake-up
+    /// is still delivered after this side is gone.
+    waker: Arc<Waker>,
+}
+
+impl Requests {
+    fn send(&self, request: Request) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        if tx.send(request).is_err() {
+            return false;
+        }
+        if let Err(e) = self.waker.wake() {
+            tracing::error!(%e, "cannot wake the media loop");
+        }
+        true
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        // Closed first, so the woken loop finds it closed.
+        self.tx = None;
+        let _ = self.waker.wake();
+    }
 }
 
 impl MediaHandle {
     /// Registers a participant; its [`MediaEvent`]s will arrive on `events`.
-    pub fn attach(&self, participant: ParticipantId, events: mpsc::UnboundedSender<MediaEvent>) {
-        let _ = self.tx.send(Request::Attach {
+    pub fn attach(&self, participant: ParticipantId, events: UnboundedSender<MediaEvent>) {
+        self.requests.send(Request::Attach {
             participant,
             events,
         });
@@ -66,13 +101,15 @@ impl MediaHandle {
 
     /// Sends a room's command to the media plane.
     pub fn command(&self, command: MediaCommand) {
-        let _ = self.tx.send(Request::Command(command));
+        self.requests.send(Request::Command(command));
     }
 
     /// Current counters and the number of live peer connections.
     pub async fn stats(&self) -> Option<(SfuStats, usize)> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx.send(Request::Stats(tx)).ok()?;
+        if !self.requests.send(Request::Stats(tx)) {
+            return None;
+        }
         rx.await.ok()
     }
 }
@@ -111,11 +148,12 @@ fn bind_media_socket(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
 /// Binds the single UDP media socket and starts the media event loop on a thread of its
 /// own.
 ///
-/// The loop is one task that wakes for nearly every datagram. On its own single-threaded
-/// runtime a wake-up is one epoll return on this thread; inside the shared multi-threaded
-/// runtime each one also went through the work-stealing scheduler and could wake a second
-/// worker, which the profile showed as a large share of CPU per packet at small fan-outs.
-/// It also keeps HTTP, TLS and the audit log from ever delaying a packet.
+/// The loop wakes for nearly every datagram, so it is a plain `mio` poll loop on its own
+/// thread: one `epoll_wait` per wake-up and nothing between it and the SFU. Inside the
+/// shared multi-threaded tokio runtime each wake-up also went through the work-stealing
+/// scheduler and could wake a second worker; on a current-thread tokio runtime of its own
+/// (sessions 2-5) each one still went through the runtime's task and waker machinery. It
+/// also keeps HTTP, TLS and the audit log from ever delaying a packet.
 pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
     let socket = bind_media_socket(config.media_bind_addr())?;
     let local_addr = socket.local_addr()?;
@@ -124,50 +162,36 @@ pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
         advertised: advertised_addr,
         connect_timeout: Duration::from_secs(config.connect_timeout_secs),
     });
-    let (tx, rx) = mpsc::unbounded_channel();
+    let poll = Poll::new()?;
+    // Readable only: registered for writing too, every datagram sent would raise an
+    // EPOLLOUT edge and one more trip through the loop. See `run` for writing.
+    poll.registry().register(
+        &mut SourceFd(&socket.as_raw_fd()),
+        SOCKET,
+        Interest::READABLE,
+    )?;
+    let waker = Arc::new(Waker::new(poll.registry(), REQUESTS)?);
+    let loop_waker = waker.clone();
+    let (tx, rx) = mpsc::channel();
     let gso = config.media_gso;
-    let mut runtime = tokio::runtime::Builder::new_current_thread();
-    runtime.enable_io();
-    // The loop's timer is a timerfd on Linux (see `wake_timer`); without tokio's timer
-    // wheel each park skips reading the clock and walking the wheel.
-    #[cfg(not(target_os = "linux"))]
-    runtime.enable_time();
-    let runtime = runtime.build()?;
-    // Created here, inside the loop's runtime, so a failure stops startup with an error
-    // instead of leaving a media thread that never wakes for its timers.
-    let timer = {
-        let _in_runtime = runtime.enter();
-        wake_timer::WakeTimer::new()?
-    };
     std::thread::Builder::new()
         .name("media".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                // Registered with this thread's reactor, so it must be done here. Only
-                // for reading: registered for writing too, every datagram sent would
-                // raise an EPOLLOUT edge and one more trip through the loop.
-                match register(socket, Interest::READABLE) {
-                    Ok(socket) => {
-                        let sender = Sender::new(socket.get_ref(), gso);
-                        run(socket, sfu, rx, sender, timer).await
-                    }
-                    Err(e) => tracing::error!(%e, "media socket could not join the event loop"),
-                }
-            })
+            // Made here: its reusable system-call buffers hold raw pointers, so it stays on
+            // the thread that uses them.
+            let sender = Sender::new(&socket, gso);
+            run(poll, socket, sfu, rx, sender);
+            drop(loop_waker);
         })?;
     tracing::info!(%local_addr, %advertised_addr, "media plane listening (UDP)");
     Ok(MediaHandle {
         local_addr,
         advertised_addr,
-        tx,
+        requests: Arc::new(Requests {
+            tx: Some(tx),
+            waker,
+        }),
     })
-}
-
-/// Registers `socket` with the current thread's reactor for `interest` only.
-fn register(socket: UdpSocket, interest: Interest) -> std::io::Result<AsyncFd<UdpSocket>> {
-    // SAFETY: a `UdpSocket` owns its descriptor: it stays open, and `as_raw_fd` returns the
-    // same one, until the socket (owned by the `AsyncFd` from here on) is dropped.
-    unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(|e| e.into_parts().1)
 }
 
 /// Hands the SFU's datagrams to the kernel: many peers per `sendmmsg` (see
@@ -253,127 +277,124 @@ impl Sender {
 }
 
 /// The event loop: flush what the SFU wants sent, then wait for a datagram, a request
-/// or the next protocol deadline. `timer` is the loop's one timer for its whole life,
-/// moved only when the SFU's deadline leaves the slack window (`timer_slack`).
-async fn run(
-    socket: AsyncFd<UdpSocket>,
+/// or the next protocol deadline (at most [`timer_slack::TIMER_SLACK`] late, so that most
+/// deadlines are served on a datagram's wake-up instead of one of their own). Ends when
+/// every [`MediaHandle`] is gone.
+fn run(
+    mut poll: Poll,
+    socket: UdpSocket,
     mut sfu: Sfu,
-    mut rx: mpsc::UnboundedReceiver<Request>,
+    rx: mpsc::Receiver<Request>,
     mut sender: Sender,
-    mut timer: wake_timer::WakeTimer,
 ) {
+    let fd = socket.as_raw_fd();
+    let mut events = Events::with_capacity(4);
     let mut batch = recv_batch::RecvBatch::default();
-    // Registered for writing only while a send found the kernel buffer full (see `start`).
-    let mut writable: Option<AsyncFd<UdpSocket>> = None;
+    // The socket is edge-triggered: after a wake-up it stays readable until a read comes
+    // back short, which may be several wake-ups later (see READ_ROUNDS).
+    let mut readable = false;
+    // Registered for writing only while a send found the kernel buffer full.
+    let mut watching_writes = false;
     // After connections close, hand the heap they freed back to the kernel (see `memory`).
     let mut next_trim_check = Instant::now() + TRIM_CHECK;
     let mut peers_at_last_check = 0;
     loop {
-        let blocked = sender.flush(socket.get_ref(), &mut sfu);
-        if blocked && writable.is_none() {
-            writable = socket
-                .get_ref()
-                .try_clone()
-                .and_then(|dup| register(dup, Interest::WRITABLE))
-                .map_err(|e| tracing::warn!(%e, "cannot wait for the media socket to drain"))
-                .ok();
-        } else if !blocked {
-            writable = None;
+        let blocked = sender.flush(&socket, &mut sfu);
+        if blocked != watching_writes {
+            let interest = if blocked {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match poll
+                .registry()
+                .reregister(&mut SourceFd(&fd), SOCKET, interest)
+            {
+                Ok(()) => watching_writes = blocked,
+                Err(e) => tracing::warn!(%e, "cannot change what the media loop waits for"),
+            }
         }
         let deadline = sfu.poll_timeout();
-        let due = deadline.map_or(next_trim_check, |d| d.min(next_trim_check));
-        let arm = if blocked && writable.is_none() {
+        let wake_at = timer_slack::wake_at(deadline, next_trim_check, timer_slack::TIMER_SLACK);
+        let timeout = if readable {
+            Duration::ZERO
+        } else if blocked && !watching_writes {
             // Nothing to wait on for the drain: try the send again shortly.
-            Some(Instant::now() + RETRY_BLOCKED_SEND)
+            RETRY_BLOCKED_SEND
         } else {
-            timer_slack::rearm(timer.armed(), due, timer_slack::TIMER_SLACK)
+            wake_at.saturating_duration_since(Instant::now())
         };
-        if let Some(at) = arm {
-            if let Err(e) = timer.arm(at) {
-                tracing::error!(%e, "cannot arm the media loop's timer");
-                return;
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(%e, "media loop's poll failed");
+            return;
+        }
+        let mut requests = false;
+        for event in events.iter() {
+            match event.token() {
+                SOCKET if event.is_readable() => readable = true,
+                REQUESTS => requests = true,
+                // Writable: the next flush tries again.
+                _ => {}
             }
         }
-        tokio::select! {
-            biased;
-            request = rx.recv() => {
-                let Some(request) = request else { return };
-                let now = Instant::now();
-                handle_request(&mut sfu, now, request);
-                // Apply everything queued at once; rooms often send several together.
-                while let Ok(request) = rx.try_recv() {
-                    handle_request(&mut sfu, now, request);
+        let now = Instant::now();
+        if requests {
+            // Apply everything queued at once; rooms often send several together.
+            loop {
+                match rx.try_recv() {
+                    Ok(request) => handle_request(&mut sfu, now, request),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
                 }
             }
-            ready = socket.readable() => {
-                let mut guard = match ready {
-                    Ok(guard) => guard,
-                    Err(e) => {
-                        tracing::error!(%e, "media socket reactor failed");
-                        return;
-                    }
-                };
-                let now = Instant::now();
-                for _ in 0..READ_ROUNDS {
-                    match batch.recv(socket.get_ref()) {
-                        Ok(n) => {
-                            for i in 0..n {
-                                if let (Some(from), data) = batch.get(i) {
-                                    sfu.handle_datagram(now, from, data);
-                                }
-                            }
-                            if n < recv_batch::BATCH {
-                                // Fewer than asked for: the queue is empty, no need to
-                                // read again just to see EAGAIN.
-                                guard.clear_ready();
-                                break;
+        }
+        if readable {
+            for _ in 0..READ_ROUNDS {
+                match batch.recv(&socket) {
+                    Ok(n) => {
+                        for i in 0..n {
+                            if let (Some(from), data) = batch.get(i) {
+                                sfu.handle_datagram(now, from, data);
                             }
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            guard.clear_ready();
+                        if n < recv_batch::BATCH {
+                            // Fewer than asked for: the queue is empty, and the next
+                            // datagram raises a new edge.
+                            readable = false;
                             break;
                         }
-                        // ICMP port unreachable from a vanished peer shows up here on
-                        // Linux; what is queued behind it is read on the next round.
-                        Err(e) => tracing::trace!(%e, "recv failed"),
                     }
-                }
-                // Timers that came due while asleep ride on this wake-up (see
-                // `timer_slack`).
-                if deadline.is_some_and(|d| d <= now) {
-                    sfu.handle_timeout(now);
-                }
-            }
-            ready = async {
-                match writable.as_ref() {
-                    Some(fd) => fd.writable().await.map(Some),
-                    None => std::future::pending().await,
-                }
-            }, if blocked => {
-                // Cleared before the next flush tries again, so a send that still finds
-                // the buffer full waits for the next edge instead of spinning.
-                if let Ok(Some(mut guard)) = ready {
-                    guard.clear_ready();
-                }
-            }
-            fired = timer.fired() => {
-                if let Err(e) = fired {
-                    tracing::error!(%e, "media loop's timer failed");
-                    return;
-                }
-                let now = Instant::now();
-                if deadline.is_some_and(|d| d <= now) {
-                    sfu.handle_timeout(now);
-                }
-                if now >= next_trim_check {
-                    let peers = sfu.peer_count();
-                    if peers < peers_at_last_check {
-                        tokio::task::spawn_blocking(crate::memory::release_free_heap);
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        readable = false;
+                        break;
                     }
-                    peers_at_last_check = peers;
-                    next_trim_check = now + TRIM_CHECK;
+                    // ICMP port unreachable from a vanished peer shows up here on
+                    // Linux; what is queued behind it is read on the next round.
+                    Err(e) => tracing::trace!(%e, "recv failed"),
                 }
             }
+        }
+        // Timers that came due while asleep are served on whatever woke the loop.
+        if deadline.is_some_and(|d| d <= now) {
+            sfu.handle_timeout(now);
+        }
+        if now >= next_trim_check {
+            let peers = sfu.peer_count();
+            if peers < peers_at_last_check {
+                // malloc_trim takes milliseconds on a large heap and holds allocator
+                // locks: never on this thread. Rare (at most every TRIM_CHECK).
+                let spawned = std::thread::Builder::new()
+                    .name("heap-trim".into())
+                    .spawn(crate::memory::release_free_heap);
+                if let Err(e) = spawned {
+                    tracing::debug!(%e, "no thread to return freed heap");
+                }
+            }
+            peers_at_last_check = peers;
+            next_trim_check = now + TRIM_CHECK;
         }
     }
 }
