@@ -171,6 +171,7 @@ pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
         Interest::READABLE,
     )?;
     let waker = Arc::new(Waker::new(poll.registry(), REQUESTS)?);
+    // Held by the loop thread until the loop ends (see `Requests::waker`).
     let loop_waker = waker.clone();
     let (tx, rx) = mpsc::channel();
     let gso = config.media_gso;

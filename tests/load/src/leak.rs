@@ -105,13 +105,10 @@ impl Host {
         ctx: &RunCtx,
     ) -> anyhow::Result<Host> {
         let (stop, stop_rx) = watch::channel(false);
+        // The check's context with a stop signal of this host's own.
         let ctx = Arc::new(RunCtx {
-            clock: ctx.clock,
-            window: ctx.window.clone(),
-            plan: ctx.plan.clone(),
-            bind_ip: ctx.bind_ip,
             stop: stop_rx,
-            subscribe_go: ctx.subscribe_go.clone(),
+            ..ctx.clone()
         });
         let spec = Arc::new(ParticipantSpec {
             room: 0,

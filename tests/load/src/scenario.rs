@@ -85,6 +85,7 @@ pub struct ParticipantSpec {
 }
 
 /// What every participant of a run shares.
+#[derive(Clone)]
 pub struct RunCtx {
     /// The shared clock.
     pub clock: Clock,
