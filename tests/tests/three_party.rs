@@ -223,6 +223,22 @@ async fn conference(server: TestServer) -> anyhow::Result<()> {
         );
     }
 
+    // Forwarded RTP is encrypted by the SFU itself once a subscriber connection's keys are
+    // proven on a packet `rtc` encrypted (see server/src/media/direct_srtp.rs): each of the
+    // three subscriber connections sends at most a few packets through `rtc` first.
+    let (stats, _) = server
+        .server()
+        .state()
+        .rooms
+        .media_stats()
+        .await
+        .context("media stats")?;
+    ensure!(
+        stats.direct > 0 && stats.forwarded - stats.direct <= 9,
+        "forwarded packets not on the direct SRTP path: {stats:?}"
+    );
+    eprintln!("media plane after phase 2: {stats:?}");
+
     // Phase 3: a late joiner (a hospital doctor) arrives while everyone is sending.
     for p in &people {
         p.set_sending(true);

@@ -4,9 +4,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
-use rtc::interceptor::{
-    NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder, SenderReportBuilder,
-};
+use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
@@ -15,6 +13,7 @@ use rtc::peer_connection::configuration::media_engine::{
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
@@ -112,11 +111,6 @@ pub fn media_engine() -> Result<MediaEngine, Error> {
     Ok(me)
 }
 
-/// Packets kept per forwarded video stream to answer NACKs from. A retransmission is only
-/// useful within about one round trip; 256 packets is over 2 s at 1.2 Mbit/s and about
-/// 1 s at 2.5 Mbit/s, while `rtc`'s default of 1024 cost ~1 MB per subscriber leg.
-pub const NACK_HISTORY: u16 = 256;
-
 /// The interceptor chain for one connection, cut to what its direction uses. Every
 /// interceptor in `rtc`'s chain sees (and moves) every packet both ways, so the defaults
 /// (all six on every connection) cost per forwarded packet for work that can never
@@ -124,8 +118,10 @@ pub const NACK_HISTORY: u16 = 256;
 ///
 /// - Publish (we receive): NACK generator (recovers the publisher's uplink loss), receiver
 ///   reports, TWCC feedback so the browser's send-side estimator adapts to its link.
-/// - Subscribe (we send): NACK responder with a [`NACK_HISTORY`]-packet history, sender
-///   reports, and [`KeyframeRequestTap`] to let PLI/FIR through to the forwarder.
+/// - Subscribe (we send): only [`FeedbackTap`]. Forwarded RTP is encrypted by the SFU
+///   itself once the connection's keys are proven (see `direct_srtp`), so `rtc`'s NACK
+///   responder and sender-report interceptor would never see it; the SFU answers NACKs
+///   from one history per source and writes the sender reports (see `sfu`).
 ///
 /// The media engine gets the same codecs, feedback and header extensions either way, so
 /// the SDP does not depend on the direction.
@@ -136,25 +132,30 @@ pub fn interceptors(me: &mut MediaEngine, direction: PcKind) -> Result<Registry,
         PcKind::Publish => twcc
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
-        PcKind::Subscribe => Registry::new()
-            // Application-ward of the others, so they have seen the packet first.
-            .with(Slot::from(14_000), KeyframeRequestTap::default())
-            .with(
-                Slot::NackResponder,
-                NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
-            )
-            .with(Slot::SenderReport, SenderReportBuilder::new().build()),
+        PcKind::Subscribe => Registry::new().with(Slot::from(14_000), FeedbackTap::default()),
     })
 }
 
-/// Lets a subscriber's PLI and FIR through to the application, which forwards them to the
-/// publisher as a keyframe request. By default `rtc` consumes inbound RTCP inside the
-/// interceptor chain; only packets marked [`Attribute::DeliverToApplication`] get out.
-/// Nothing else is marked, to keep reports and NACKs off the forwarding path.
+/// Lets a subscriber's PLI, FIR and NACK through to the application: the forwarder turns
+/// the first two into a keyframe request to the publisher and answers NACKs itself. By
+/// default `rtc` consumes inbound RTCP inside the interceptor chain; only packets marked
+/// [`Attribute::DeliverToApplication`] get out. Receiver reports stay inside.
 #[derive(Default)]
-pub struct KeyframeRequestTap {
+pub struct FeedbackTap {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
+}
+
+/// The sequence numbers an RTCP compound packet reports lost, by media SSRC.
+pub fn nacked(packets: &[Box<dyn rtc::rtcp::Packet>]) -> Vec<(u32, Vec<u16>)> {
+    packets
+        .iter()
+        .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+        .map(|n| {
+            let seqs = n.nacks.iter().flat_map(|pair| pair.packet_list()).collect();
+            (n.media_ssrc, seqs)
+        })
+        .collect()
 }
 
 /// Whether an RTCP compound packet asks for a keyframe.
@@ -166,7 +167,7 @@ pub fn is_keyframe_request(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
     })
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -175,7 +176,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            if is_keyframe_request(packets) {
+            let nack = packets
+                .iter()
+                .any(|p| p.as_any().downcast_ref::<TransportLayerNack>().is_some());
+            if nack || is_keyframe_request(packets) {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }
@@ -205,7 +209,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
     }
 }
 
-impl Interceptor for KeyframeRequestTap {
+impl Interceptor for FeedbackTap {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}

@@ -143,6 +143,24 @@ impl LegRewriter {
         self.payload_type = payload_type;
     }
 
+    /// The leg sequence number `out_seq` back in the current source's numbering, with
+    /// that source's SSRC (to find a packet a subscriber asks again for).
+    pub fn source_of(&self, out_seq: u16) -> Option<(u32, u16)> {
+        self.source
+            .map(|source| (source, out_seq.wrapping_sub(self.seq_offset)))
+    }
+
+    /// The header for a packet of the current source that was already forwarded (a
+    /// retransmission): the same numbers as the first time, nothing moved.
+    pub fn repeat(&self, source_ssrc: u32, seq: u16, ts: u32) -> Option<Rewritten> {
+        (self.source == Some(source_ssrc)).then(|| Rewritten {
+            ssrc: self.ssrc,
+            payload_type: self.payload_type,
+            sequence_number: seq.wrapping_add(self.seq_offset),
+            timestamp: ts.wrapping_add(self.ts_offset),
+        })
+    }
+
     /// Computes the header for one packet of source stream `source_ssrc`.
     pub fn rewrite(&mut self, source_ssrc: u32, seq: u16, ts: u32) -> Rewritten {
         match self.source {
@@ -176,6 +194,72 @@ impl LegRewriter {
             sequence_number: out_seq,
             timestamp: out_ts,
         }
+    }
+}
+
+/// The last [`HISTORY`] packets of one incoming video stream, kept once for all of its
+/// subscribers to answer their NACKs from (`rtc`'s NACK responder kept a copy per leg).
+/// The payload is shared with the forwarded packets, not copied.
+#[derive(Debug, Default)]
+pub struct PacketHistory {
+    slots: Vec<Option<rtc::rtp::Packet>>,
+}
+
+/// Packets a [`PacketHistory`] keeps: a retransmission is only useful within about one
+/// round trip, and 256 packets is over 2 s at 1.2 Mbit/s and about 1 s at 2.5 Mbit/s.
+pub const HISTORY: usize = 256;
+
+impl PacketHistory {
+    /// Keeps `packet`, replacing the one [`HISTORY`] sequence numbers older.
+    pub fn insert(&mut self, packet: &rtc::rtp::Packet) {
+        if self.slots.is_empty() {
+            self.slots.resize(HISTORY, None);
+        }
+        let slot = usize::from(packet.header.sequence_number) % HISTORY;
+        self.slots[slot] = Some(packet.clone());
+    }
+
+    /// The kept packet of stream `ssrc` with sequence number `seq`, if still here.
+    pub fn get(&self, ssrc: u32, seq: u16) -> Option<&rtc::rtp::Packet> {
+        self.slots
+            .get(usize::from(seq) % HISTORY)?
+            .as_ref()
+            .filter(|p| p.header.sequence_number == seq && p.header.ssrc == ssrc)
+    }
+}
+
+/// What a subscriber leg sent, for its RTCP sender reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SentCounters {
+    /// RTP packets sent (retransmissions included, as RFC 3550 counts them).
+    pub packets: u32,
+    /// Payload octets sent.
+    pub octets: u32,
+    /// The last packet's RTP timestamp and when it was sent.
+    pub last: Option<(u32, Instant)>,
+}
+
+impl SentCounters {
+    /// Counts one packet of `payload_len` bytes with `timestamp`, sent at `now`. A
+    /// retransmission (an older timestamp) does not move the time reference.
+    pub fn sent(&mut self, timestamp: u32, payload_len: usize, now: Instant) {
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(payload_len as u32);
+        let newer = self
+            .last
+            .is_none_or(|(ts, _)| (timestamp.wrapping_sub(ts) as i32) >= 0);
+        if newer {
+            self.last = Some((timestamp, now));
+        }
+    }
+
+    /// The RTP timestamp that corresponds to `now` on a clock of `clock_rate` Hz,
+    /// extrapolated from the last packet sent; `None` before any.
+    pub fn rtp_time_at(&self, now: Instant, clock_rate: u32) -> Option<u32> {
+        let (ts, at) = self.last?;
+        let elapsed = now.saturating_duration_since(at);
+        let ticks = elapsed.as_micros() * u128::from(clock_rate) / 1_000_000;
+        Some(ts.wrapping_add(ticks as u32))
     }
 }
 
@@ -300,6 +384,67 @@ mod tests {
         leg.rewrite(1, 11, 2000); // reordered
         let r = leg.rewrite(2, 0, 0);
         assert_eq!(r.sequence_number, 13);
+    }
+
+    #[test]
+    fn leg_maps_a_nacked_sequence_number_back_and_repeats_the_header() {
+        let mut leg = LegRewriter::new(7, 100, 3000);
+        assert_eq!(leg.source_of(5), None, "nothing forwarded yet");
+        leg.rewrite(1, 65535, 1000);
+        let first = leg.rewrite(2, 40, 50); // switch: offsets now non-zero
+        let second = leg.rewrite(2, 41, 3050);
+        assert_eq!(leg.source_of(second.sequence_number), Some((2, 41)));
+        assert_eq!(leg.repeat(2, 40, 50), Some(first));
+        assert_eq!(leg.repeat(1, 40, 50), None, "an old source is not repeated");
+    }
+
+    fn rtp(ssrc: u32, seq: u16) -> rtc::rtp::Packet {
+        rtc::rtp::Packet {
+            header: rtc::rtp::Header {
+                ssrc,
+                sequence_number: seq,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from_static(b"x"),
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_last_packets_of_its_stream_only() {
+        let mut h = PacketHistory::default();
+        assert!(h.get(1, 0).is_none());
+        for seq in 65_500u16..=65_535 {
+            h.insert(&rtp(1, seq));
+        }
+        for seq in 0u16..300 {
+            h.insert(&rtp(1, seq));
+        }
+        assert!(h.get(1, 299).is_some());
+        assert!(h.get(1, 299 - HISTORY as u16 + 1).is_some());
+        assert!(h.get(1, 299 - HISTORY as u16).is_none(), "overwritten");
+        assert!(h.get(1, 65_535).is_none(), "older than the history");
+        assert!(h.get(2, 299).is_none(), "another stream's number");
+    }
+
+    #[test]
+    fn sender_report_time_follows_the_last_packet() {
+        let t0 = Instant::now();
+        let mut c = SentCounters::default();
+        assert_eq!(c.rtp_time_at(t0, 90_000), None);
+        c.sent(1000, 1200, t0);
+        c.sent(4000, 800, t0 + Duration::from_millis(33));
+        // A retransmission of the first packet, later: counted, not a time reference.
+        c.sent(1000, 1200, t0 + Duration::from_millis(50));
+        assert_eq!((c.packets, c.octets), (3, 3200));
+        let at = t0 + Duration::from_millis(133);
+        assert_eq!(c.rtp_time_at(at, 90_000), Some(4000 + 9000));
+        // Wraps like RTP timestamps do.
+        let mut w = SentCounters::default();
+        w.sent(u32::MAX - 10, 1, t0);
+        assert_eq!(
+            w.rtp_time_at(t0 + Duration::from_millis(1), 48_000),
+            Some(37)
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod codecs;
 pub mod demux;
+pub mod direct_srtp;
 pub mod forwarder;
 pub mod gso;
 pub mod recv_batch;

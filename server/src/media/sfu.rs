@@ -10,7 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use rtc::ice::mdns::MulticastDnsMode;
@@ -26,11 +27,13 @@ use rtc::peer_connection::transport::{
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc::UnboundedSender;
 use wardlink_signaling::protocol::{MediaKind, ParticipantId, PcKind, TrackDescription};
@@ -39,11 +42,19 @@ use wardlink_signaling::ErrorCode;
 
 use super::codecs;
 use super::demux::{Demux, PeerId};
-use super::forwarder::{DedupWindow, KeyframeThrottle, LegRewriter};
+use super::direct_srtp::{self, DirectSrtp, KeyTap};
+use super::forwarder::{DedupWindow, KeyframeThrottle, LegRewriter, PacketHistory, SentCounters};
 
 /// Most datagrams queued for one peer connection before new ones are dropped. A dead or
 /// slow subscriber fills only its own outbox; the publisher and the others never wait.
 pub const OUTBOX_LIMIT: usize = 1024;
+
+/// How often each subscriber leg gets an RTCP sender report (what `rtc`'s sender-report
+/// interceptor used): receivers use it to line audio and video up and to measure RTT.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Seconds from the NTP epoch (1900) to the Unix epoch.
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
 /// One datagram to send.
 #[derive(Debug)]
@@ -67,6 +78,11 @@ pub struct SfuStats {
     pub keyframe_requests: u64,
     /// Peer connections torn down by the connect watchdog.
     pub connect_timeouts: u64,
+    /// Packets sent again because a subscriber reported them lost (NACK).
+    pub retransmissions: u64,
+    /// Forwarded packets encrypted by the SFU itself rather than by `rtc` (see
+    /// [`super::direct_srtp`]).
+    pub direct: u64,
 }
 
 /// SFU settings.
@@ -86,6 +102,9 @@ struct InboundTrack {
     codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
     dedup: DedupWindow,
     keyframes: KeyframeThrottle,
+    /// Recent packets, to answer subscribers' NACKs (video and screen only: Opus is not
+    /// negotiated with NACK).
+    history: PacketHistory,
 }
 
 /// One forwarded track on a subscriber connection.
@@ -97,6 +116,8 @@ struct Leg {
     rewriter: LegRewriter,
     /// Payload type resolved from the answer; nothing is sent before that.
     negotiated: bool,
+    /// For the leg's sender reports.
+    sent: SentCounters,
 }
 
 enum Side {
@@ -140,6 +161,10 @@ struct Peer {
     timer_stale: bool,
     outbox: VecDeque<TaggedBytesMut>,
     side: Side,
+    /// Who encrypts forwarded RTP on this connection (subscribers only).
+    direct: DirectSrtp,
+    /// When the subscriber legs' next sender reports are due (once connected).
+    next_report: Option<Instant>,
 }
 
 impl Peer {
@@ -329,13 +354,21 @@ impl Sfu {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.peers
             .values_mut()
-            .flat_map(|p| [p.timer(), p.connect_deadline])
+            .flat_map(|p| [p.timer(), p.connect_deadline, p.next_report])
             .flatten()
             .min()
     }
 
     /// Drives timers: retransmissions, reports, keep-alives and the connect watchdog.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let reports_due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| p.next_report.is_some_and(|t| t <= now).then_some(*id))
+            .collect();
+        for id in reports_due {
+            self.send_reports(now, id);
+        }
         let due: Vec<PeerId> = self
             .peers
             .iter_mut()
@@ -390,12 +423,14 @@ impl Sfu {
         &mut self,
         now: Instant,
         direction: PcKind,
-    ) -> Result<(PeerId, RTCPeerConnection), String> {
+    ) -> Result<(PeerId, RTCPeerConnection, Arc<KeyTap>), String> {
         let id = self.next_peer;
         self.next_peer += 1;
         let ufrag = random_token(16);
         let pwd = random_token(32);
+        let tap = KeyTap::new();
         let setting_engine = SettingEngineBuilder::new()
+            .with_crypto_provider(tap.clone())
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), pwd)
             // The browser is the DTLS client on both connections: the field notes show the
@@ -432,7 +467,7 @@ impl Sfu {
         pc.add_local_candidate(RTCIceCandidateInit::default())
             .map_err(|e| e.to_string())?;
         self.demux.add_ufrag(ufrag, id);
-        Ok((id, pc))
+        Ok((id, pc, tap))
     }
 
     fn insert_peer(
@@ -442,6 +477,7 @@ impl Sfu {
         pc_kind: PcKind,
         pc: RTCPeerConnection,
         side: Side,
+        direct: DirectSrtp,
     ) {
         self.peers.insert(
             id,
@@ -455,6 +491,8 @@ impl Sfu {
                 timer_stale: true,
                 outbox: VecDeque::new(),
                 side,
+                direct,
+                next_report: None,
             }),
         );
     }
@@ -487,7 +525,7 @@ impl Sfu {
         let id = match existing {
             Some(id) => id,
             None => match self.new_pc(now, PcKind::Publish) {
-                Ok((id, pc)) => {
+                Ok((id, pc, _)) => {
                     self.insert_peer(
                         id,
                         &participant,
@@ -497,6 +535,7 @@ impl Sfu {
                             tracks: HashMap::new(),
                             screen_mid: None,
                         },
+                        DirectSrtp::Off,
                     );
                     if let Some(a) = self.attachments.get_mut(&participant) {
                         a.publish = Some(id);
@@ -559,7 +598,7 @@ impl Sfu {
         let id = match existing {
             Some(id) => id,
             None => match self.new_pc(now, PcKind::Subscribe) {
-                Ok((id, pc)) => {
+                Ok((id, pc, tap)) => {
                     self.insert_peer(
                         id,
                         &participant,
@@ -572,6 +611,7 @@ impl Sfu {
                             spare: BTreeMap::new(),
                             answered: false,
                         },
+                        DirectSrtp::new(tap),
                     );
                     if let Some(a) = self.attachments.get_mut(&participant) {
                         a.subscribe = Some(id);
@@ -715,6 +755,7 @@ impl Sfu {
                         fmtp: codec.sdp_fmtp_line.clone(),
                         rewriter,
                         negotiated: false,
+                        sent: SentCounters::default(),
                     });
                     by_track_id.insert(track_id, t.clone());
                     added.push(t);
@@ -899,6 +940,7 @@ impl Sfu {
         let mut became_connected = false;
         let mut inbound: Vec<(String, rtc::rtp::Packet)> = Vec::new();
         let mut keyframe_wanted = Vec::new();
+        let mut nacked = Vec::new();
         {
             let Some(peer) = self.peers.get_mut(&id) else {
                 return;
@@ -945,6 +987,7 @@ impl Sfu {
                                             codec,
                                             dedup: DedupWindow::default(),
                                             keyframes: KeyframeThrottle::default(),
+                                            history: PacketHistory::default(),
                                         },
                                     );
                                     published.push(kind);
@@ -965,6 +1008,7 @@ impl Sfu {
                                     keyframe_wanted.push((t.publisher.clone(), t.kind));
                                 }
                             }
+                            nacked.extend(codecs::nacked(&packets));
                         }
                     }
                     _ => {}
@@ -988,6 +1032,11 @@ impl Sfu {
             );
         }
         if became_connected {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                if peer.pc_kind == PcKind::Subscribe {
+                    peer.next_report = Some(now + REPORT_INTERVAL);
+                }
+            }
             let pc_kind = self.peers.get(&id).map(|p| p.pc_kind);
             tracing::info!(participant = %participant, pc = ?pc_kind, "peer connection connected");
             if let Some(Peer {
@@ -1010,6 +1059,9 @@ impl Sfu {
         for (publisher, kind) in keyframe_wanted {
             self.request_keyframe(now, &publisher, kind);
         }
+        for (media_ssrc, seqs) in nacked {
+            self.retransmit(now, id, media_ssrc, &seqs);
+        }
         if let Some(reason) = failed {
             self.fail_peer(id, &reason);
         }
@@ -1024,6 +1076,11 @@ impl Sfu {
         track_id: &str,
         mut packet: rtc::rtp::Packet,
     ) {
+        // Extensions are negotiated per leg; forwarding the publisher's ids would get the
+        // packet rejected (see the field notes), so the leg carries none.
+        packet.header.extension = false;
+        packet.header.extensions.clear();
+        packet.header.extension_profile = 0;
         let kind = {
             let Some(Peer {
                 side: Side::Publisher { tracks, .. },
@@ -1040,6 +1097,9 @@ impl Sfu {
                 self.stats.duplicates += 1;
                 return;
             }
+            if track.kind != MediaKind::Audio {
+                track.history.insert(&packet);
+            }
             track.kind
         };
         // Muted by someone with the right: not forwarded until the owner unmutes.
@@ -1053,12 +1113,8 @@ impl Sfu {
         let Some(route) = self.routes.get(publisher) else {
             return;
         };
-        // Extensions are negotiated per leg; forwarding the publisher's ids would get the
-        // packet rejected (see the field notes), so the leg carries none.
-        packet.header.extension = false;
-        packet.header.extensions.clear();
-        packet.header.extension_profile = 0;
         let source_ssrc = packet.header.ssrc;
+        let local_addr = self.config.advertised;
         // Borrow the fields separately so the route list is read in place, not cloned.
         let (peers, ready, stats) = (&mut self.peers, &mut self.ready, &mut self.stats);
         for &sub in &route[kind_index(kind)] {
@@ -1083,24 +1139,132 @@ impl Sfu {
                 packet.header.sequence_number,
                 packet.header.timestamp,
             );
+            leg.sent.sent(h.timestamp, packet.payload.len(), now);
             let mut out = packet.clone();
             out.header.ssrc = h.ssrc;
             out.header.payload_type = h.payload_type;
             out.header.sequence_number = h.sequence_number;
             out.header.timestamp = h.timestamp;
-            // Straight into the connection: SSRC, payload type and (absent) extensions are
-            // already what this leg negotiated, which is all `RTCRtpSender::write_rtp`
-            // checks, and it would allocate the track id per packet (`rtc` ignores it here).
-            let written = peer.pc.handle_write(TaggedRTCMessage {
-                now,
-                message: RTCMessage::RtpPacket(String::new(), out),
-            });
-            match written {
-                Ok(()) => stats.forwarded += 1,
-                Err(e) => tracing::trace!(%e, "forward write failed"),
-            }
-            drain_into_outbox(sub, peer, ready, stats);
+            send_rtp(now, sub, peer, out, local_addr, ready, stats);
         }
+    }
+
+    /// Answers a subscriber's NACK: the packets it lists, from the source's history, with
+    /// the leg's numbers as first sent. Packets no longer kept are skipped; the
+    /// subscriber's own recovery (a keyframe request) takes over.
+    fn retransmit(&mut self, now: Instant, id: PeerId, media_ssrc: u32, seqs: &[u16]) {
+        // Which leg, and the source packets it asks for.
+        let mut found = None;
+        if let Some(Peer {
+            side: Side::Subscriber { legs, .. },
+            ..
+        }) = self.peers.get(&id).map(|p| &**p)
+        {
+            found = legs.iter().find_map(|(publisher, slots)| {
+                slots.iter().zip(ALL_KINDS).find_map(|(leg, kind)| {
+                    leg.as_ref()
+                        .filter(|l| l.negotiated && l.rewriter.ssrc() == media_ssrc)
+                        .map(|l| (publisher.clone(), kind, l.rewriter.clone()))
+                })
+            });
+        }
+        let Some((publisher, kind, rewriter)) = found else {
+            return;
+        };
+        let Some(pid) = self.attachments.get(&publisher).and_then(|a| a.publish) else {
+            return;
+        };
+        let Some(Peer {
+            side: Side::Publisher { tracks, .. },
+            ..
+        }) = self.peers.get(&pid).map(|p| &**p)
+        else {
+            return;
+        };
+        let Some(track) = tracks.values().find(|t| t.kind == kind) else {
+            return;
+        };
+        let packets: Vec<rtc::rtp::Packet> = seqs
+            .iter()
+            .filter_map(|&seq| {
+                let (source, source_seq) = rewriter.source_of(seq)?;
+                track.history.get(source, source_seq).cloned()
+            })
+            .collect();
+        let local_addr = self.config.advertised;
+        let (peers, ready, stats) = (&mut self.peers, &mut self.ready, &mut self.stats);
+        let Some(peer) = peers.get_mut(&id) else {
+            return;
+        };
+        let Side::Subscriber { legs, .. } = &mut peer.side else {
+            return;
+        };
+        let Some(Some(leg)) = legs.get_mut(&publisher).map(|s| &mut s[kind_index(kind)]) else {
+            return;
+        };
+        let mut resend = Vec::with_capacity(packets.len());
+        for mut out in packets {
+            let Some(h) = leg.rewriter.repeat(
+                out.header.ssrc,
+                out.header.sequence_number,
+                out.header.timestamp,
+            ) else {
+                continue;
+            };
+            leg.sent.sent(h.timestamp, out.payload.len(), now);
+            out.header.ssrc = h.ssrc;
+            out.header.payload_type = h.payload_type;
+            out.header.sequence_number = h.sequence_number;
+            out.header.timestamp = h.timestamp;
+            resend.push(out);
+        }
+        for out in resend {
+            stats.retransmissions += 1;
+            send_rtp(now, id, peer, out, local_addr, ready, stats);
+        }
+    }
+
+    /// Writes one RTCP sender report per leg of a subscriber connection that has sent
+    /// anything, through `rtc` (SRTCP), and schedules the next.
+    fn send_reports(&mut self, now: Instant, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        peer.next_report = Some(now + REPORT_INTERVAL);
+        let Side::Subscriber { legs, .. } = &peer.side else {
+            return;
+        };
+        let ntp_time = ntp_now();
+        let mut reports = Vec::new();
+        for slots in legs.values() {
+            for (leg, kind) in slots.iter().zip(ALL_KINDS) {
+                let Some(leg) = leg else { continue };
+                let clock_rate = if kind == MediaKind::Audio {
+                    48_000
+                } else {
+                    90_000
+                };
+                if let Some(rtp_time) = leg.sent.rtp_time_at(now, clock_rate) {
+                    let report = SenderReport {
+                        ssrc: leg.rewriter.ssrc(),
+                        ntp_time,
+                        rtp_time,
+                        packet_count: leg.sent.packets,
+                        octet_count: leg.sent.octets,
+                        ..Default::default()
+                    };
+                    reports.push((leg.sender_id, report));
+                }
+            }
+        }
+        for (sender_id, report) in reports {
+            if let Some(mut sender) = peer.pc.rtp_sender(sender_id) {
+                if let Err(e) = sender.write_rtcp(now, vec![Box::new(report)]) {
+                    tracing::debug!(%e, "sender report not sent");
+                }
+            }
+        }
+        self.drain_writes(id);
     }
 
     /// Moves a connection's outbound datagrams into its bounded outbox.
@@ -1173,6 +1337,10 @@ fn drain_into_outbox(
     peer.timer_stale = true;
     let was_empty = peer.outbox.is_empty();
     while let Some(msg) = peer.pc.poll_write() {
+        // `rtc` sends RTP and RTCP on the selected pair; the direct path follows it.
+        if direct_srtp::is_rtp_or_rtcp(&msg.message) {
+            peer.direct.follow(msg.transport.peer_addr);
+        }
         if peer.outbox.len() >= OUTBOX_LIMIT {
             stats.outbox_drops += 1;
             continue;
@@ -1182,6 +1350,96 @@ fn drain_into_outbox(
     if was_empty && !peer.outbox.is_empty() {
         ready.push_back(id);
     }
+}
+
+/// Sends one rewritten RTP packet on a subscriber connection: encrypted here once the
+/// connection's keys are proven, otherwise through `rtc` (whose output for the first
+/// packets is the proof, see [`DirectSrtp::probe`]).
+fn send_rtp(
+    now: Instant,
+    id: PeerId,
+    peer: &mut Peer,
+    out: rtc::rtp::Packet,
+    local_addr: SocketAddr,
+    ready: &mut VecDeque<PeerId>,
+    stats: &mut SfuStats,
+) {
+    if peer.direct.is_ready() {
+        let protected = out
+            .marshal()
+            .ok()
+            .and_then(|plain| peer.direct.protect(&out.header, &plain));
+        if let Some((wire, to)) = protected {
+            stats.forwarded += 1;
+            stats.direct += 1;
+            if peer.outbox.len() >= OUTBOX_LIMIT {
+                stats.outbox_drops += 1;
+                return;
+            }
+            if peer.outbox.is_empty() {
+                ready.push_back(id);
+            }
+            peer.outbox.push_back(TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr,
+                    peer_addr: to,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: wire,
+            });
+        }
+        return;
+    }
+    let probe = if peer.direct.is_probing() {
+        out.marshal().ok().map(|plain| (out.header.clone(), plain))
+    } else {
+        None
+    };
+    // Straight into the connection: SSRC, payload type and (absent) extensions are
+    // already what this leg negotiated, which is all `RTCRtpSender::write_rtp` checks,
+    // and it would allocate the track id per packet (`rtc` ignores it here).
+    let written = peer.pc.handle_write(TaggedRTCMessage {
+        now,
+        message: RTCMessage::RtpPacket(String::new(), out),
+    });
+    match written {
+        Ok(()) => stats.forwarded += 1,
+        Err(e) => tracing::trace!(%e, "forward write failed"),
+    }
+    let before = peer.outbox.len();
+    drain_into_outbox(id, peer, ready, stats);
+    if let Some((header, plain)) = probe {
+        let sent = peer
+            .outbox
+            .iter()
+            .skip(before)
+            .find(|m| carries(&m.message, header.ssrc, header.sequence_number));
+        if let Some(m) = sent {
+            let (wire, to) = (m.message.clone(), m.transport.peer_addr);
+            peer.direct.probe(&header, &plain, &wire, to);
+        }
+    }
+}
+
+/// Whether `datagram` is the SRTP packet of stream `ssrc` with sequence number `seq`
+/// (the RTP header is sent in the clear).
+fn carries(datagram: &[u8], ssrc: u32, seq: u16) -> bool {
+    datagram.len() >= 12
+        && direct_srtp::is_rtp_or_rtcp(datagram)
+        && datagram[2..4] == seq.to_be_bytes()
+        && datagram[8..12] == ssrc.to_be_bytes()
+}
+
+/// The wall clock as a 64-bit NTP timestamp (RFC 3550 §4).
+fn ntp_now() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since.as_secs() + NTP_UNIX_OFFSET;
+    let fraction = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;
+    (seconds << 32) | fraction
 }
 
 /// The `a=mid` of the transceiver that owns `receiver_id`.
