@@ -169,6 +169,13 @@ test('three people confer in Chromium; the surveyor leaves and rejoins', { timeo
     for (const [name, page] of Object.entries(pages)) await waitTiles(name, page, 3);
     for (const [name, page] of Object.entries(pages)) await assertMediaFlowing(name, page);
     await screenshotAll(pages, '1-three-party');
+    // What Chromium just decoded was encrypted by the SFU itself (server/src/media/direct_srtp.rs),
+    // not by rtc's pipeline: each of the three subscriber connections switched over.
+    assert.ok(
+      server.count('forwarded RTP is encrypted by the SFU') >= 3,
+      'every subscriber connection is on the direct SRTP path',
+    );
+    assert.equal(server.count("stays on rtc's SRTP path"), 0, 'no connection fell back to rtc');
 
     // The surveyor leaves: the others lose exactly that tile.
     const surveyorId = await pages.surveyor.evaluate(() => window.wardlink.participantId);

@@ -99,10 +99,12 @@ export function startServer(configPath, logPath) {
   });
   const logFile = createWriteStream(logPath);
   const tail = [];
+  const all = [];
   const keep = (chunk) => {
     logFile.write(chunk);
     for (const line of chunk.toString().split('\n')) {
       if (!line) continue;
+      all.push(line);
       tail.push(line);
       if (tail.length > 80) tail.shift();
     }
@@ -119,6 +121,8 @@ export function startServer(configPath, logPath) {
   });
   return {
     tail: () => tail.join('\n'),
+    /** How many log lines so far contain `text`. */
+    count: (text) => all.filter((line) => line.includes(text)).length,
     exitInfo: () => exitInfo,
     async stop() {
       if (!exitInfo) {
