@@ -25,6 +25,7 @@ import {
   freePort,
   healthz,
   inboundStats,
+  senderReportStats,
   screenshotAll,
   startServer,
 } from './harness.mjs';
@@ -176,6 +177,19 @@ test('three people confer in Chromium; the surveyor leaves and rejoins', { timeo
       'every subscriber connection is on the direct SRTP path',
     );
     assert.equal(server.count("stays on rtc's SRTP path"), 0, 'no connection fell back to rtc');
+    // The sender reports are the SFU's own too (rtc's interceptor never sees direct-path
+    // packets): Chromium accepted them for every stream, with counts and a wall-clock time
+    // that make sense (same machine, so within a few seconds of the page's clock).
+    for (const [name, page] of Object.entries(pages)) {
+      await eventually(`${name}: sender reports for 2 audio and 2 video streams`, 10_000, async () => {
+        const sr = await senderReportStats(page);
+        const good = sr.entries.filter(
+          (e) => e.packetsSent > 0 && e.reportsSent > 0 && Math.abs(e.remoteTimestamp - sr.now) < 5_000,
+        );
+        const count = (kind) => good.filter((e) => e.kind === kind).length;
+        return { ok: count('audio') >= 2 && count('video') >= 2, ...sr };
+      });
+    }
 
     // The surveyor leaves: the others lose exactly that tile.
     const surveyorId = await pages.surveyor.evaluate(() => window.wardlink.participantId);

@@ -160,6 +160,28 @@ export async function inboundStats(page) {
   });
 }
 
+/** What the subscribe connection learned from the server's RTCP sender reports
+ *  (`remote-outbound-rtp`), per stream, with the page's wall clock for comparison. */
+export async function senderReportStats(page) {
+  return page.evaluate(async () => {
+    const pc = window.wardlink?.pcs?.subscribe;
+    if (!pc) return { entries: [], now: Date.now() };
+    const report = await pc.getStats();
+    const entries = [];
+    report.forEach((r) => {
+      if (r.type !== 'remote-outbound-rtp') return;
+      entries.push({
+        kind: r.kind,
+        ssrc: r.ssrc,
+        packetsSent: r.packetsSent ?? 0,
+        reportsSent: r.reportsSent ?? 0,
+        remoteTimestamp: r.remoteTimestamp ?? 0,
+      });
+    });
+    return { entries, now: Date.now() };
+  });
+}
+
 export async function clickJoin(page) {
   const button = page.locator('[data-testid="join-button"]');
   await button.waitFor({ state: 'visible', timeout: 20_000 });

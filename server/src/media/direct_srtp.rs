@@ -249,7 +249,10 @@ impl DirectSrtp {
                     .encrypt_rtp_with_header(plain, header)
                     .is_ok_and(|ours| ours[..] == *wire)
                 {
-                    tracing::info!(?profile, "forwarded RTP is encrypted by the SFU from here on");
+                    tracing::info!(
+                        ?profile,
+                        "forwarded RTP is encrypted by the SFU from here on"
+                    );
                     *self = DirectSrtp::Ready {
                         context: Box::new(context),
                         to,

@@ -299,7 +299,14 @@ pub async fn run_participant(
         conn.trickle(session, handle, peer.candidate()).await?;
         subscribe = Some((
             handle,
-            peer.spawn(Role::Subscriber { rx }, ctx.clock, ctx.window.clone()),
+            peer.spawn(
+                Role::Subscriber {
+                    rx,
+                    drop_every: ctx.plan.downlink_drop_every,
+                },
+                ctx.clock,
+                ctx.window.clone(),
+            ),
         ));
     }
 

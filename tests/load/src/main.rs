@@ -77,6 +77,10 @@ struct Cli {
     /// 2.5). 0 sends every frame's packets back to back.
     #[arg(long, default_value_t = wardlink_load::peer::DEFAULT_PACE_MULTIPLIER)]
     pace_multiplier: f64,
+    /// Subscribers drop every Nth video datagram on arrival (emulated downlink loss that
+    /// the server's NACK retransmissions must repair). 0: none.
+    #[arg(long, default_value_t = 0)]
+    downlink_drop_every: u32,
     /// Scheduling policy of the generator's threads. `batch` (SCHED_BATCH) stops a
     /// generator thread woken by the server's send from preempting the server on the
     /// shared cores (see `sched.rs`); the report records which was used.
@@ -241,6 +245,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             server_pid,
             plan: MediaPlan {
                 pace_multiplier: (cli.pace_multiplier > 0.0).then_some(cli.pace_multiplier),
+                downlink_drop_every: cli.downlink_drop_every,
                 ..MediaPlan::default()
             },
             bind_ip: cli.bind_ip,

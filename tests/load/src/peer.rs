@@ -103,6 +103,10 @@ pub struct MediaPlan {
     /// do (libwebrtc's pacer uses 2.5): a 30 KB keyframe then leaves over ~80 ms instead
     /// of in one burst. `None` sends each frame's packets back to back.
     pub pace_multiplier: Option<f64>,
+    /// Subscribers drop every Nth video RTP datagram on arrival, before SRTP sees it:
+    /// emulated downlink loss that only the server's NACK retransmissions can repair
+    /// (0: none).
+    pub downlink_drop_every: u32,
 }
 
 impl Default for MediaPlan {
@@ -115,6 +119,7 @@ impl Default for MediaPlan {
             keyframe_bytes: 30_000,
             keyframe_every: 75,
             pace_multiplier: Some(DEFAULT_PACE_MULTIPLIER),
+            downlink_drop_every: 0,
         }
     }
 }
@@ -157,6 +162,8 @@ pub enum Role {
     Subscriber {
         /// Where the counts go.
         rx: SharedRx,
+        /// See [`MediaPlan::downlink_drop_every`].
+        drop_every: u32,
     },
 }
 
@@ -698,6 +705,8 @@ async fn run(
         video,
         ..
     } = peer;
+    let mut drop_every_video = 0;
+    let mut video_seen: u32 = 0;
     let (mut sender, rx) = match role {
         Role::Publisher {
             index,
@@ -741,7 +750,10 @@ async fn run(
                 None,
             )
         }
-        Role::Subscriber { rx } => (None, Some(rx)),
+        Role::Subscriber { rx, drop_every } => {
+            drop_every_video = drop_every;
+            (None, Some(rx))
+        }
     };
     let mut buf = vec![0u8; 2048];
     let mut connected = false;
@@ -822,6 +834,15 @@ async fn run(
                     for _ in 0..READ_BATCH {
                         match rxstamp::try_recv(&socket, &mut buf) {
                             Ok((n, from, stamp)) => {
+                                if drop_every_video > 0 && is_video_rtp(&buf[..n]) {
+                                    video_seen += 1;
+                                    if video_seen.is_multiple_of(drop_every_video) {
+                                        if let Some(rx) = &rx {
+                                            lock(rx).dropped += 1;
+                                        }
+                                        continue;
+                                    }
+                                }
                                 read_one(&mut pc, local, from, &buf[..n]);
                                 // Each datagram's packets get its own arrival time.
                                 let at = stamp.map_or_else(|| clock.now_ns(), |t| clock.ns_from_realtime(t));
@@ -880,6 +901,12 @@ fn drain_reads(
         s.keyframe_wanted = true;
         s.counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Whether a datagram is RTP (not RTCP) with our video payload type; the RTP header is
+/// sent in the clear (RFC 7983 first byte, RFC 5761 payload-type ranges).
+fn is_video_rtp(datagram: &[u8]) -> bool {
+    datagram.len() >= 12 && (128..=191).contains(&datagram[0]) && datagram[1] & 0x7f == VP8_PT
 }
 
 fn read_one(pc: &mut RTCPeerConnection, local: SocketAddr, from: SocketAddr, data: &[u8]) {

@@ -209,6 +209,10 @@ pub struct Report {
     pub worst_stream_loss_pct: f64,
     /// Packets received more than once.
     pub duplicates: u64,
+    /// Video datagrams the subscribers dropped on arrival to emulate downlink loss
+    /// ([`crate::peer::MediaPlan::downlink_drop_every`]); each had to come back as a
+    /// retransmission not to count as lost.
+    pub downlink_dropped: u64,
     /// Payloads that failed verification.
     pub corrupt: u64,
     /// Packets from a publisher the subscriber should not receive (misrouting).
@@ -469,6 +473,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     let mut received_packets = 0u64;
     let mut worst = 0f64;
     let mut duplicates = 0u64;
+    let mut downlink_dropped = 0u64;
     let mut corrupt = 0u64;
     let mut unexpected = 0u64;
     let mut bytes = 0u64;
@@ -497,6 +502,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
             }
         }
         corrupt += rx.corrupt.values().sum::<u64>();
+        downlink_dropped += rx.dropped;
         for (i, h) in rx.latency.iter().enumerate() {
             all.merge(h);
             per_kind[i].merge(h);
@@ -596,6 +602,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         },
         worst_stream_loss_pct: round(worst, 3),
         duplicates,
+        downlink_dropped,
         corrupt,
         unexpected_packets: unexpected,
         forwarded_pps: round(received_packets as f64 / window_s, 1),
@@ -679,6 +686,12 @@ pub fn print_table(r: &Report) {
         r.corrupt,
         r.unexpected_packets
     );
+    if r.downlink_dropped > 0 {
+        println!(
+            "  emulated downlink loss: {} video datagrams dropped on arrival (recovered only by NACK)",
+            r.downlink_dropped
+        );
+    }
     match r.pace_multiplier {
         Some(m) => println!("  publishers' video paced at {m}x its bitrate"),
         None => println!("  publishers' video frames sent back to back (unpaced)"),

@@ -128,6 +128,8 @@ pub struct RxStats {
     pub corrupt: HashMap<String, u64>,
     /// Packets received in total (valid or not).
     pub packets: u64,
+    /// Video datagrams dropped on arrival, before SRTP (emulated downlink loss).
+    pub dropped: u64,
 }
 
 impl RxStats {
