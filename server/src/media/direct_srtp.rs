@@ -313,7 +313,7 @@ mod tests {
                 sequence_number: seq,
                 timestamp: 90_000 + u32::from(seq) * 3000,
                 ssrc,
-                marker: seq % 3 == 0,
+                marker: seq.is_multiple_of(3),
                 ..Default::default()
             },
             payload: bytes::Bytes::from(vec![seq as u8; 700]),

@@ -10,11 +10,10 @@ use wardlink_load::scenario::Report;
 use wardlink_load::scenario::{print_table, run, ScenarioConfig, Target};
 use wardlink_load::InProcessWardlink;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_publisher_two_subscribers_lose_nothing() {
-    let server = InProcessWardlink::start().await.expect("start wardlink");
-    let cfg = ScenarioConfig {
-        label: "smoke".into(),
+/// One room, one publisher, two subscribers, 4 s measured after 1 s of warm-up.
+fn one_to_two(label: &str, plan: MediaPlan) -> ScenarioConfig {
+    ScenarioConfig {
+        label: label.into(),
         rooms: 1,
         publishers: 1,
         subscribers: 2,
@@ -23,9 +22,15 @@ async fn one_publisher_two_subscribers_lose_nothing() {
         setup_timeout: Duration::from_secs(30),
         join_concurrency: 4,
         server_pid: Some(std::process::id()),
-        plan: MediaPlan::default(),
+        plan,
         bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_publisher_two_subscribers_lose_nothing() {
+    let server = InProcessWardlink::start().await.expect("start wardlink");
+    let cfg = one_to_two("smoke", MediaPlan::default());
     let report = run(Target::Wardlink(server.target.clone()), cfg)
         .await
         .expect("scenario ran");
@@ -63,22 +68,11 @@ async fn one_publisher_two_subscribers_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_video_is_recovered_by_the_servers_retransmissions() {
     let server = InProcessWardlink::start().await.expect("start wardlink");
-    let cfg = ScenarioConfig {
-        label: "smoke-nack".into(),
-        rooms: 1,
-        publishers: 1,
-        subscribers: 2,
-        duration: Duration::from_secs(4),
-        warmup: Duration::from_secs(1),
-        setup_timeout: Duration::from_secs(30),
-        join_concurrency: 4,
-        server_pid: Some(std::process::id()),
-        plan: MediaPlan {
-            downlink_drop_every: 20,
-            ..MediaPlan::default()
-        },
-        bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    let plan = MediaPlan {
+        downlink_drop_every: 20,
+        ..MediaPlan::default()
     };
+    let cfg = one_to_two("smoke-nack", plan);
     let report: Report = run(Target::Wardlink(server.target.clone()), cfg)
         .await
         .expect("scenario ran");
