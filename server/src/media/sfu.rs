@@ -1014,6 +1014,14 @@ impl Sfu {
                     _ => {}
                 }
             }
+            // A subscriber's own datagrams (ICE checks, RTCP) are what can move its
+            // selected pair, e.g. after a pocket router's NAT rebinds: the direct path
+            // follows at once instead of at the next datagram `rtc` sends.
+            if peer.direct.is_ready() {
+                if let Some(to) = selected_remote(peer) {
+                    peer.direct.follow(to);
+                }
+            }
             self.drain_writes(id);
         }
 
@@ -1421,6 +1429,23 @@ fn send_rtp(
             peer.direct.probe(&header, &plain, &wire, to);
         }
     }
+}
+
+/// The remote address of a subscriber connection's selected ICE candidate pair.
+fn selected_remote(peer: &mut Peer) -> Option<SocketAddr> {
+    let Side::Subscriber { legs, .. } = &peer.side else {
+        return None;
+    };
+    // Any sender reaches the connection's one transport.
+    let sender_id = legs.values().flatten().flatten().next()?.sender_id;
+    let sender = peer.pc.rtp_sender(sender_id)?;
+    let pair = sender
+        .transport()?
+        .ice_transport()
+        .get_selected_candidate_pair()?;
+    let remote = pair.remote();
+    let ip: std::net::IpAddr = remote.address.parse().ok()?;
+    Some(SocketAddr::new(ip, remote.port))
 }
 
 /// Whether `datagram` is the SRTP packet of stream `ssrc` with sequence number `seq`
