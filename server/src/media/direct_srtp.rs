@@ -206,7 +206,7 @@ pub enum DirectSrtp {
     Ready {
         /// Our copy of the connection's outbound SRTP context.
         context: Box<Context>,
-        /// Where `rtc` last sent RTP or RTCP on this connection (the selected pair).
+        /// The connection's selected candidate pair, as last read.
         to: SocketAddr,
     },
     /// No candidate matched: `rtc`'s path for good.
@@ -268,8 +268,7 @@ impl DirectSrtp {
         }
     }
 
-    /// Notes where `rtc` sends this connection's RTP and RTCP (it follows the selected
-    /// candidate pair; STUN answers may go elsewhere and are not passed here).
+    /// Notes where this connection's media now goes (its selected candidate pair).
     pub fn follow(&mut self, addr: SocketAddr) {
         if let DirectSrtp::Ready { to, .. } = self {
             *to = addr;

@@ -41,7 +41,7 @@ use wardlink_signaling::room::{MediaCommand, MediaEvent, TrackRef};
 use wardlink_signaling::ErrorCode;
 
 use super::codecs;
-use super::demux::{Demux, PeerId};
+use super::demux::{self, Demux, PeerId};
 use super::direct_srtp::{self, DirectSrtp, KeyTap};
 use super::forwarder::{DedupWindow, KeyframeThrottle, LegRewriter, PacketHistory, SentCounters};
 
@@ -346,6 +346,13 @@ impl Sfu {
         if let Err(err) = result {
             // One bad datagram (replay, auth failure, garbage) must not end the session.
             tracing::debug!(peer = id, %err, "datagram rejected");
+        }
+        // ICE selects a pair only while handling a check (after an ICE restart, say), so
+        // that is when the direct path re-reads where this connection's media goes.
+        if demux::is_stun(payload) && peer.direct.is_ready() {
+            if let Some(to) = selected_remote(peer) {
+                peer.direct.follow(to);
+            }
         }
         self.process_peer(now, id);
     }
@@ -1014,14 +1021,6 @@ impl Sfu {
                     _ => {}
                 }
             }
-            // A subscriber's own datagrams (ICE checks, RTCP) are what can move its
-            // selected pair, e.g. after a pocket router's NAT rebinds: the direct path
-            // follows at once instead of at the next datagram `rtc` sends.
-            if peer.direct.is_ready() {
-                if let Some(to) = selected_remote(peer) {
-                    peer.direct.follow(to);
-                }
-            }
             self.drain_writes(id);
         }
 
@@ -1343,21 +1342,28 @@ fn drain_into_outbox(
     // Every path that feeds a connection (datagram, timeout, forwarded packet, RTCP)
     // ends here, so this is where its deadline may have moved.
     peer.timer_stale = true;
-    let was_empty = peer.outbox.is_empty();
     while let Some(msg) = peer.pc.poll_write() {
-        // `rtc` sends RTP and RTCP on the selected pair; the direct path follows it.
-        if direct_srtp::is_rtp_or_rtcp(&msg.message) {
-            peer.direct.follow(msg.transport.peer_addr);
-        }
-        if peer.outbox.len() >= OUTBOX_LIMIT {
-            stats.outbox_drops += 1;
-            continue;
-        }
-        peer.outbox.push_back(msg);
+        enqueue(id, peer, msg, ready, stats);
     }
-    if was_empty && !peer.outbox.is_empty() {
+}
+
+/// Queues one datagram in a connection's bounded outbox (or drops and counts it), and
+/// marks the connection ready when its outbox stops being empty.
+fn enqueue(
+    id: PeerId,
+    peer: &mut Peer,
+    msg: TaggedBytesMut,
+    ready: &mut VecDeque<PeerId>,
+    stats: &mut SfuStats,
+) {
+    if peer.outbox.len() >= OUTBOX_LIMIT {
+        stats.outbox_drops += 1;
+        return;
+    }
+    if peer.outbox.is_empty() {
         ready.push_back(id);
     }
+    peer.outbox.push_back(msg);
 }
 
 /// Sends one rewritten RTP packet on a subscriber connection: encrypted here once the
@@ -1380,14 +1386,7 @@ fn send_rtp(
         if let Some((wire, to)) = protected {
             stats.forwarded += 1;
             stats.direct += 1;
-            if peer.outbox.len() >= OUTBOX_LIMIT {
-                stats.outbox_drops += 1;
-                return;
-            }
-            if peer.outbox.is_empty() {
-                ready.push_back(id);
-            }
-            peer.outbox.push_back(TaggedBytesMut {
+            let msg = TaggedBytesMut {
                 now,
                 transport: TransportContext {
                     local_addr,
@@ -1396,7 +1395,8 @@ fn send_rtp(
                     transport_protocol: TransportProtocol::UDP,
                 },
                 message: wire,
-            });
+            };
+            enqueue(id, peer, msg, ready, stats);
         }
         return;
     }
