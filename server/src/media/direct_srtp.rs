@@ -10,8 +10,9 @@
 //! through the crypto provider it is given, and the SRTP key derivation (RFC 3711 §4.3,
 //! used by every profile here) starts each context with one AES block operation under the
 //! master key on the master salt. [`KeyTap`] wraps the `ring` provider and notes those
-//! operations; [`DirectSrtp`] builds candidate contexts from them and keeps one only if it
-//! encrypts a real packet byte for byte as `rtc` just did on that connection (the probe).
+//! operations; [`DirectSrtp`] builds candidate senders ([`SrtpSender`]) from them and keeps
+//! one only if it encrypts a real packet byte for byte as `rtc` just did on that connection
+//! (the probe).
 //! Until then, and for good if no candidate matches, the connection stays on `rtc`'s path.
 //! A change in how `rtc` derives keys therefore costs speed, never correctness.
 
@@ -26,8 +27,10 @@ use rtc::crypto::{
     PublicKey, RTCCrypto, RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey, StreamCipher,
     StreamCipherAlgorithm,
 };
-use rtc::srtp::context::Context;
+use rtc::rtp::Packet;
 use rtc::srtp::protection_profile::ProtectionProfile;
+
+use super::srtp_sender::SrtpSender;
 
 /// Most master keys a tap remembers: one connection derives two (ours and the peer's).
 const MAX_KEYS: usize = 4;
@@ -202,10 +205,10 @@ pub enum DirectSrtp {
         /// Packets compared so far.
         probes: u8,
     },
-    /// Our own context, proven on a real packet.
+    /// Our own sender, proven on a real packet.
     Ready {
-        /// Our copy of the connection's outbound SRTP context.
-        context: Box<Context>,
+        /// Our copy of the connection's outbound SRTP state.
+        sender: Box<SrtpSender>,
         /// The connection's selected candidate pair, as last read.
         to: SocketAddr,
     },
@@ -230,10 +233,10 @@ impl DirectSrtp {
     }
 
     /// Compares `rtc`'s encryption of one packet (`wire`, sent to `to`) with every
-    /// candidate context's encryption of the same plaintext. A match makes the connection
-    /// [`DirectSrtp::Ready`]; the matching context has then protected exactly what `rtc`'s
-    /// has, so the two stay in step (rollover counters included).
-    pub fn probe(&mut self, header: &rtc::rtp::Header, plain: &[u8], wire: &[u8], to: SocketAddr) {
+    /// candidate sender's encryption of the same packet. A match makes the connection
+    /// [`DirectSrtp::Ready`]; the matching sender has then protected exactly what `rtc`'s
+    /// context has, so the two stay in step (rollover counters included).
+    pub fn probe(&mut self, packet: &Packet, wire: &[u8], to: SocketAddr) {
         let DirectSrtp::Probing { tap, probes } = self else {
             return;
         };
@@ -242,20 +245,16 @@ impl DirectSrtp {
         for seen in tap.seen() {
             for &profile in profiles_for(seen.key.len()) {
                 let salt = &seen.first_block[..profile.salt_len().min(16)];
-                let Ok(mut context) = Context::new(&seen.key, salt, profile, None, None, &crypto)
-                else {
+                let Ok(mut sender) = SrtpSender::new(&crypto, profile, &seen.key, salt) else {
                     continue;
                 };
-                if context
-                    .encrypt_rtp_with_header(plain, header)
-                    .is_ok_and(|ours| ours[..] == *wire)
-                {
+                if sender.protect(packet).is_ok_and(|ours| ours[..] == *wire) {
                     tracing::info!(
                         ?profile,
                         "forwarded RTP is encrypted by the SFU from here on"
                     );
                     *self = DirectSrtp::Ready {
-                        context: Box::new(context),
+                        sender: Box::new(sender),
                         to,
                     };
                     return;
@@ -275,16 +274,12 @@ impl DirectSrtp {
         }
     }
 
-    /// Encrypts one marshalled RTP packet; `None` unless ready or if SRTP refuses.
-    pub fn protect(
-        &mut self,
-        header: &rtc::rtp::Header,
-        plain: &[u8],
-    ) -> Option<(BytesMut, SocketAddr)> {
-        let DirectSrtp::Ready { context, to } = self else {
+    /// Marshals and encrypts one RTP packet; `None` unless ready or if SRTP refuses.
+    pub fn protect(&mut self, packet: &Packet) -> Option<(BytesMut, SocketAddr)> {
+        let DirectSrtp::Ready { sender, to } = self else {
             return None;
         };
-        match context.encrypt_rtp_with_header(plain, header) {
+        match sender.protect(packet) {
             Ok(wire) => Some((wire, *to)),
             Err(e) => {
                 tracing::debug!(%e, "direct SRTP refused a packet");
@@ -302,8 +297,9 @@ pub fn is_rtp_or_rtcp(datagram: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtc::rtp::{Header, Packet};
+    use rtc::rtp::Header;
     use rtc::shared::marshal::Marshal;
+    use rtc::srtp::context::Context;
 
     fn packet(ssrc: u32, seq: u16) -> Packet {
         Packet {
@@ -353,9 +349,8 @@ mod tests {
             let to: SocketAddr = "192.0.2.1:5000".parse().unwrap();
 
             let first = packet(0xAB, 65_534);
-            let plain = first.marshal().unwrap();
-            let wire = theirs.encrypt_rtp(&plain).unwrap();
-            direct.probe(&first.header, &plain, &wire, to);
+            let wire = theirs.encrypt_rtp(&first.marshal().unwrap()).unwrap();
+            direct.probe(&first, &wire, to);
             assert!(direct.is_ready(), "{profile:?}: probe matched");
 
             // Across the sequence wrap (rollover counter 0 → 1), and on a second SSRC.
@@ -363,7 +358,7 @@ mod tests {
                 let p = packet(ssrc, seq);
                 let plain = p.marshal().unwrap();
                 let expected = theirs.encrypt_rtp(&plain).unwrap();
-                let (ours, dest) = direct.protect(&p.header, &plain).expect("protected");
+                let (ours, dest) = direct.protect(&p).expect("protected");
                 assert_eq!(ours, expected, "{profile:?}: ssrc {ssrc} seq {seq}");
                 assert_eq!(dest, to);
             }
@@ -384,13 +379,13 @@ mod tests {
             let last = wire.len() - 1;
             wire[last] ^= 1;
             assert!(!direct.is_ready());
-            direct.probe(&p.header, &plain, &wire, to);
+            direct.probe(&p, &wire, to);
         }
         assert!(
             matches!(direct, DirectSrtp::Off),
             "gives up after the probes"
         );
-        assert!(direct.protect(&packet(1, 9).header, &[]).is_none());
+        assert!(direct.protect(&packet(1, 9)).is_none());
     }
 
     #[test]
@@ -398,7 +393,7 @@ mod tests {
         let mut direct = DirectSrtp::new(KeyTap::new());
         let p = packet(1, 1);
         let plain = p.marshal().unwrap();
-        direct.probe(&p.header, &plain, &plain, "192.0.2.1:1".parse().unwrap());
+        direct.probe(&p, &plain, "192.0.2.1:1".parse().unwrap());
         assert!(direct.is_probing());
     }
 

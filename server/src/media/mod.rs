@@ -12,6 +12,7 @@ pub mod gso;
 pub mod recv_batch;
 pub mod send_batch;
 pub mod sfu;
+pub mod srtp_sender;
 pub mod timer_slack;
 
 use std::collections::VecDeque;

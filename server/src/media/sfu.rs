@@ -9,6 +9,8 @@
 //! queue between publisher and subscriber other than each subscriber's bounded outbox.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,7 +35,6 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
-use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc::UnboundedSender;
 use wardlink_signaling::protocol::{MediaKind, ParticipantId, PcKind, TrackDescription};
@@ -129,7 +130,7 @@ enum Side {
     },
     Subscriber {
         /// Publisher participant → [audio, video, screen] legs.
-        legs: HashMap<ParticipantId, [Option<Leg>; KINDS]>,
+        legs: FxHashMap<ParticipantId, [Option<Leg>; KINDS]>,
         /// Our sender track id → the publisher track it carries (for keyframe requests).
         by_track_id: HashMap<String, TrackRef>,
         /// Counter making every sender track id unique within the connection.
@@ -222,7 +223,9 @@ pub struct Sfu {
     /// Boxed: a `Peer` is about 9 KB (the `rtc` connection inline), and the table holds
     /// spare buckets too. Inline, 600 peers made a table of about 10 MB that the media
     /// thread copied whole whenever it grew, and that kept its high-water size.
-    peers: HashMap<PeerId, Box<Peer>>,
+    /// Looked up once per subscriber leg of every forwarded packet, hence the cheap hasher;
+    /// the keys are ours (a counter), not a client's.
+    peers: FxHashMap<PeerId, Box<Peer>>,
     demux: Demux,
     attachments: HashMap<ParticipantId, Attachment>,
     /// Publisher participant → subscriber connections, per kind.
@@ -238,7 +241,7 @@ impl Sfu {
         Sfu {
             config,
             next_peer: 1,
-            peers: HashMap::new(),
+            peers: FxHashMap::default(),
             demux: Demux::default(),
             attachments: HashMap::new(),
             routes: HashMap::new(),
@@ -612,7 +615,7 @@ impl Sfu {
                         PcKind::Subscribe,
                         pc,
                         Side::Subscriber {
-                            legs: HashMap::new(),
+                            legs: FxHashMap::default(),
                             by_track_id: HashMap::new(),
                             next_track: 0,
                             spare: BTreeMap::new(),
@@ -1379,11 +1382,7 @@ fn send_rtp(
     stats: &mut SfuStats,
 ) {
     if peer.direct.is_ready() {
-        let protected = out
-            .marshal()
-            .ok()
-            .and_then(|plain| peer.direct.protect(&out.header, &plain));
-        if let Some((wire, to)) = protected {
+        if let Some((wire, to)) = peer.direct.protect(&out) {
             stats.forwarded += 1;
             stats.direct += 1;
             let msg = TaggedBytesMut {
@@ -1400,11 +1399,7 @@ fn send_rtp(
         }
         return;
     }
-    let probe = if peer.direct.is_probing() {
-        out.marshal().ok().map(|plain| (out.header.clone(), plain))
-    } else {
-        None
-    };
+    let probe = peer.direct.is_probing().then(|| out.clone());
     // Straight into the connection: SSRC, payload type and (absent) extensions are
     // already what this leg negotiated, which is all `RTCRtpSender::write_rtp` checks,
     // and it would allocate the track id per packet (`rtc` ignores it here).
@@ -1418,7 +1413,8 @@ fn send_rtp(
     }
     let before = peer.outbox.len();
     drain_into_outbox(id, peer, ready, stats);
-    if let Some((header, plain)) = probe {
+    if let Some(packet) = probe {
+        let header = &packet.header;
         let sent = peer
             .outbox
             .iter()
@@ -1426,7 +1422,7 @@ fn send_rtp(
             .find(|m| carries(&m.message, header.ssrc, header.sequence_number));
         if let Some(m) = sent {
             let (wire, to) = (m.message.clone(), m.transport.peer_addr);
-            peer.direct.probe(&header, &plain, &wire, to);
+            peer.direct.probe(&packet, &wire, to);
         }
     }
 }
