@@ -6,7 +6,6 @@
 //! - [`wardlink_target`] / [`janus_target`]: the two servers' signaling;
 //! - [`scenario`]: rooms × publishers × subscribers, the measurement window, the report;
 //! - [`leak`]: join/leave cycles against wardlink with RSS before/after;
-//! - [`publisher_thread`]: publishers' pacers on a thread of their own;
 //! - [`procstat`]: CPU, memory and UDP drop counters from /proc;
 //! - [`rxstamp`]: kernel receive timestamps for the latency measurement;
 //! - [`sched`]: the generator's scheduling policy (`--sched batch`);
@@ -20,7 +19,6 @@ pub mod leak;
 pub mod payload;
 pub mod peer;
 pub mod procstat;
-pub mod publisher_thread;
 pub mod rxstamp;
 pub mod scenario;
 pub mod sched;

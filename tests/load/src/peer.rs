@@ -47,13 +47,12 @@ use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTra
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
-use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::payload::{self, Clock, RecordInfo, StreamKind, MAGIC};
 use crate::stats::{lock, PublisherCounters, SharedRx, Window};
-use crate::{publisher_thread, rxstamp, sockopt};
+use crate::{rxstamp, sockopt};
 
 /// Payload type we offer for Opus.
 const OPUS_PT: u8 = 111;
@@ -245,9 +244,7 @@ impl Drop for PeerHandle {
 /// A negotiated-but-not-yet-running connection.
 pub struct Peer {
     pc: RTCPeerConnection,
-    /// Non-blocking; registered with a reactor only inside the connection's task, so it is
-    /// the runtime that polls the task that sees its readiness.
-    socket: std::net::UdpSocket,
+    socket: UdpSocket,
     local: SocketAddr,
     candidate: String,
     audio: Option<(RTCRtpSenderId, u32)>,
@@ -275,7 +272,7 @@ fn vp8() -> RTCRtpCodec {
 }
 
 /// Widens a UDP socket's receive buffer as far as the kernel allows.
-fn widen_recv_buffer(socket: &impl std::os::fd::AsRawFd) {
+fn widen_recv_buffer(socket: &UdpSocket) {
     if !sockopt::set_int(socket, libc::SO_RCVBUF, RECV_BUFFER as libc::c_int) {
         tracing::debug!("SO_RCVBUF not widened");
     }
@@ -286,9 +283,9 @@ impl Peer {
     /// only, no header extensions, NACK and RTCP reports, and our host candidate already
     /// in place so it is embedded in our SDP.
     pub async fn new(ip: IpAddr) -> anyhow::Result<Peer> {
-        let socket =
-            std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).context("binding a UDP socket")?;
-        socket.set_nonblocking(true)?;
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .await
+            .context("binding a UDP socket")?;
         widen_recv_buffer(&socket);
         if !rxstamp::enable(&socket) {
             tracing::debug!(
@@ -420,17 +417,10 @@ impl Peer {
     }
 
     /// Starts the connection task.
-    /// Publishers run on their own thread (see [`publisher_thread`]), everything else on
-    /// the caller's runtime.
     pub fn spawn(self, role: Role, clock: Clock, window: Arc<Window>) -> PeerHandle {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(PeerState::Connecting);
-        let runtime = match role {
-            Role::Publisher { .. } => publisher_thread::handle(),
-            Role::Subscriber { .. } => None,
-        };
-        let runtime = runtime.unwrap_or_else(Handle::current);
-        let task = runtime.spawn(run(self, role, clock, window, cmd_rx, state_tx));
+        let task = tokio::spawn(run(self, role, clock, window, cmd_rx, state_tx));
         PeerHandle {
             cmd: cmd_tx,
             state: state_rx,
@@ -715,14 +705,6 @@ async fn run(
         video,
         ..
     } = peer;
-    let socket = match UdpSocket::from_std(socket) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%e, "cannot register the connection's socket");
-            let _ = state.send(PeerState::Failed);
-            return;
-        }
-    };
     let mut drop_every_video = 0;
     let mut video_seen: u32 = 0;
     let (mut sender, rx) = match role {

@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 
 /// Asks the kernel to stamp datagrams arriving on `socket`. Returns false if it refused
 /// (then [`try_recv`] returns no stamps and the caller falls back to its own clock).
-pub fn enable(socket: &impl AsRawFd) -> bool {
+pub fn enable(socket: &UdpSocket) -> bool {
     crate::sockopt::set_int(socket, libc::SO_TIMESTAMPNS, 1)
 }
 
