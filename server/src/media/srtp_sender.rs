@@ -67,9 +67,8 @@ struct StreamIndex {
 }
 
 impl StreamIndex {
-    /// The ROC of a packet with sequence number `seq` (RFC 3711 §3.3.1, the receiver's
-    /// estimate, which a sender needs too once it resends older packets), and the
-    /// updated index.
+    /// The ROC of a packet with sequence number `seq`: RFC 3711 §3.3.1's estimate, which
+    /// a sender needs too once it resends packets from before a wrap.
     fn estimate(&self, seq: u16) -> u32 {
         const HALF: u16 = 1 << 15;
         let s_l = self.highest_seq;
