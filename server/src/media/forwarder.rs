@@ -97,6 +97,16 @@ pub struct Rewritten {
     pub timestamp: u32,
 }
 
+impl Rewritten {
+    /// Writes these fields into a forwarded packet's header.
+    pub fn apply_to(&self, header: &mut rtc::rtp::Header) {
+        header.ssrc = self.ssrc;
+        header.payload_type = self.payload_type;
+        header.sequence_number = self.sequence_number;
+        header.timestamp = self.timestamp;
+    }
+}
+
 /// Per-subscriber-leg header rewriting.
 ///
 /// Each leg has its own SSRC and payload type (they are negotiated per connection). When

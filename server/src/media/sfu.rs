@@ -9,8 +9,6 @@
 //! queue between publisher and subscriber other than each subscriber's bounded outbox.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-
-use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +34,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc::UnboundedSender;
 use wardlink_signaling::protocol::{MediaKind, ParticipantId, PcKind, TrackDescription};
 use wardlink_signaling::room::{MediaCommand, MediaEvent, TrackRef};
@@ -1151,10 +1150,7 @@ impl Sfu {
             );
             leg.sent.sent(h.timestamp, packet.payload.len(), now);
             let mut out = packet.clone();
-            out.header.ssrc = h.ssrc;
-            out.header.payload_type = h.payload_type;
-            out.header.sequence_number = h.sequence_number;
-            out.header.timestamp = h.timestamp;
+            h.apply_to(&mut out.header);
             send_rtp(now, sub, peer, out, local_addr, ready, stats);
         }
     }
@@ -1222,10 +1218,7 @@ impl Sfu {
                 continue;
             };
             leg.sent.sent(h.timestamp, out.payload.len(), now);
-            out.header.ssrc = h.ssrc;
-            out.header.payload_type = h.payload_type;
-            out.header.sequence_number = h.sequence_number;
-            out.header.timestamp = h.timestamp;
+            h.apply_to(&mut out.header);
             resend.push(out);
         }
         for out in resend {

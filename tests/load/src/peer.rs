@@ -906,7 +906,9 @@ fn drain_reads(
 /// Whether a datagram is RTP (not RTCP) with our video payload type; the RTP header is
 /// sent in the clear (RFC 7983 first byte, RFC 5761 payload-type ranges).
 fn is_video_rtp(datagram: &[u8]) -> bool {
-    datagram.len() >= 12 && (128..=191).contains(&datagram[0]) && datagram[1] & 0x7f == VP8_PT
+    datagram.len() >= 12
+        && wardlink::media::direct_srtp::is_rtp_or_rtcp(datagram)
+        && datagram[1] & 0x7f == VP8_PT
 }
 
 fn read_one(pc: &mut RTCPeerConnection, local: SocketAddr, from: SocketAddr, data: &[u8]) {
