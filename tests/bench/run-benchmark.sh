@@ -9,13 +9,16 @@
 #
 #   tests/bench/run-benchmark.sh [--quick] [--duration SECS] [--out DIR]
 #                                [--only "a b c leak"] [--fanout "1 10 50 100 200"]
-#                                [--rounds K] [--load-args "EXTRA wardlink-load ARGS"]
+#                                [--rooms "20 40 60"] [--rounds K]
+#                                [--load-args "EXTRA wardlink-load ARGS"]
 #
 #   --quick     scenario c and a small fan-out (1, 10 subscribers), no leak check
 #   --duration  measurement window per run (default 20 s; --quick: 10 s)
 #   --out       where the per-run JSON, logs and summary.md go
 #               (default target/bench/<timestamp>)
-#   --only      subset of scenarios: a (fan-out), b (20 rooms x 4), c (1 room x 10), leak
+#   --only      subset of scenarios: a (fan-out), b (rooms of 4), c (1 room x 10), leak
+#   --rooms     how many rooms of 4 scenario b runs (default 20); several values make it a
+#               sweep, to find where each server starts losing packets or passes 50 ms
 #   --rounds    run each scenario's wardlink/Janus pair K times, alternating (default 1).
 #               The summary gives the median of the per-round ratios and every round's
 #               ratio: at 1 -> 1 the ratio of one pair moved between 0.40 and 0.66 over
@@ -27,7 +30,8 @@
 #   a  one publisher, N receive-only subscribers (N from --fanout). The wardlink server is
 #      configured with max_participants_per_room = WL_MAX_ROOM (default 500, the most
 #      config.rs accepts); fan-outs that do not fit are skipped and reported as such.
-#   b  20 rooms of 4 participants, everyone publishing and receiving the other three.
+#   b  R rooms of 4 participants (R from --rooms), everyone publishing and receiving the
+#      other three: many small case conferences at once.
 #   c  one room of 10, everyone publishing and receiving the other nine.
 #   leak  1,000 join/publish/subscribe/leave cycles against one wardlink; RSS before, every
 #         250 cycles and after (LEAK_CYCLES, LEAK_WARMUP and LEAK_CHECKPOINT_EVERY override
@@ -42,6 +46,7 @@ duration=""
 out=""
 only="a b c leak"
 fanout="1 10 50 100 200"
+rooms4="20"
 load_args=""
 rounds=1
 while [ $# -gt 0 ]; do
@@ -51,6 +56,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
     --fanout) fanout=$2; shift 2 ;;
+    --rooms) rooms4=$2; shift 2 ;;
     --load-args) load_args=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -191,7 +197,7 @@ has() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
   janus --version 2>/dev/null | head -1 || true
   echo "wardlink: $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?') $(cd "$root" && git status --porcelain 2>/dev/null | grep -q . && echo '(with uncommitted changes)')"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command: $0 --duration $duration --only \"$only\" --fanout \"$fanout\" --rounds $rounds --load-args \"$load_args\""
+  echo "command: $0 --duration $duration --only \"$only\" --fanout \"$fanout\" --rooms \"$rooms4\" --rounds $rounds --load-args \"$load_args\""
 } >"$out/machine.txt"
 cat "$out/machine.txt"
 
@@ -214,8 +220,12 @@ if has a; then
   done
 fi
 if has b; then
-  for r in $(seq 1 "$rounds"); do
-    for t in wardlink janus; do run_case b-20x4 "$t" "$r" --rooms 20 --publishers 4 --subscribers 0 --join-concurrency 16; done
+  for rooms in $rooms4; do
+    for r in $(seq 1 "$rounds"); do
+      for t in wardlink janus; do
+        run_case "b-${rooms}x4" "$t" "$r" --rooms "$rooms" --publishers 4 --subscribers 0 --join-concurrency 16
+      done
+    done
   done
 fi
 if has leak; then

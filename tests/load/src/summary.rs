@@ -119,15 +119,8 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
     let rounds_run = rounds_of.values().map(|r| r.len()).max().unwrap_or(1);
     let mut labels: Vec<String> = runs.keys().map(|(l, _)| l.clone()).collect();
     labels.dedup();
-    // Fan-out runs sort by size, not text.
-    labels.sort_by_key(|l| {
-        let n: u64 = l
-            .rsplit('-')
-            .next()
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0);
-        (l.split('-').next().unwrap_or("").to_owned(), n, l.clone())
-    });
+    // Sizes sort as numbers, not text: a-fanout-50 before a-fanout-200, b-20x4 before b-100x4.
+    labels.sort_by_key(|l| (series_of(l).to_owned(), size_of(l), l.clone()));
 
     let mut out = String::new();
     writeln!(out, "### Runs\n")?;
@@ -254,38 +247,17 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         out,
         "\n### Where each server stopped being healthy (loss > {LOSS_LIMIT_PCT} % or p99 > {P99_LIMIT_MS} ms or a stream never flowed)\n"
     )?;
-    for target in ["wardlink", "janus"] {
-        let mut last_good: Option<&Value> = None;
-        let mut first_bad: Option<&Value> = None;
-        for label in labels.iter().filter(|l| l.starts_with("a-")) {
-            let Some(rounds) = runs.get(&(label.clone(), target.to_owned())) else {
-                continue;
-            };
-            if first_bad.is_some() {
-                break;
-            }
-            // A size is healthy only if every round of it was.
-            match rounds.values().find(|r| !healthy(r)) {
-                Some(bad) => first_bad = Some(bad),
-                None => last_good = rounds.values().next(),
-            }
+    for (series, name) in [("a", "fan-out"), ("b", "rooms of 4")] {
+        if !labels.iter().any(|l| series_of(l) == series) {
+            continue;
         }
-        let describe = |r: &Value| {
-            format!(
-                "{} ({} streams forwarded, {:.0} pkt/s, loss {:.3} %, p99 {:.1} ms)",
-                r["label"].as_str().unwrap_or("?"),
-                fmt(f(r, &["streams_expected"]), 0),
-                f(r, &["forwarded_pps"]).unwrap_or(0.0),
-                f(r, &["loss_pct"]).unwrap_or(0.0),
-                f(r, &["latency", "p99_us"]).unwrap_or(0.0) / 1000.0
-            )
-        };
-        writeln!(
-            out,
-            "- **{target}** fan-out: last healthy {}; first unhealthy {}",
-            last_good.map_or_else(|| "none".to_owned(), describe),
-            first_bad.map_or_else(|| "none within the sizes run".to_owned(), describe),
-        )?;
+        for target in ["wardlink", "janus"] {
+            writeln!(
+                out,
+                "- **{target}** {name}: {}",
+                health_line(&runs, &labels, series, target)
+            )?;
+        }
     }
 
     if let Some(l) = leak {
@@ -293,6 +265,59 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
         writeln!(out, "```json\n{}\n```", serde_json::to_string_pretty(&l)?)?;
     }
     Ok(out)
+}
+
+/// A label's scenario series: `a` for `a-fanout-200`, `b` for `b-20x4`.
+fn series_of(label: &str) -> &str {
+    label.split('-').next().unwrap_or("")
+}
+
+/// A label's size: the leading number of its last part (200 in `a-fanout-200`, 20 in
+/// `b-20x4`), or 0.
+fn size_of(label: &str) -> u64 {
+    let last = label.rsplit('-').next().unwrap_or("");
+    let digits = last.len() - last.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    last[..digits].parse().unwrap_or(0)
+}
+
+/// The largest healthy size of one series on one server and the first unhealthy one,
+/// walking the sizes upwards (labels are sorted by size).
+fn health_line(
+    runs: &BTreeMap<(String, String), Rounds>,
+    labels: &[String],
+    series: &str,
+    target: &str,
+) -> String {
+    let mut last_good: Option<&Value> = None;
+    let mut first_bad: Option<&Value> = None;
+    for label in labels.iter().filter(|l| series_of(l) == series) {
+        let Some(rounds) = runs.get(&(label.clone(), target.to_owned())) else {
+            continue;
+        };
+        if first_bad.is_some() {
+            break;
+        }
+        // A size is healthy only if every round of it was.
+        match rounds.values().find(|r| !healthy(r)) {
+            Some(bad) => first_bad = Some(bad),
+            None => last_good = rounds.values().next(),
+        }
+    }
+    let describe = |r: &Value| {
+        format!(
+            "{} ({} streams forwarded, {:.0} pkt/s, loss {:.3} %, p99 {:.1} ms)",
+            r["label"].as_str().unwrap_or("?"),
+            fmt(f(r, &["streams_expected"]), 0),
+            f(r, &["forwarded_pps"]).unwrap_or(0.0),
+            f(r, &["loss_pct"]).unwrap_or(0.0),
+            f(r, &["latency", "p99_us"]).unwrap_or(0.0) / 1000.0
+        )
+    };
+    format!(
+        "last healthy {}; first unhealthy {}",
+        last_good.map_or_else(|| "none".to_owned(), describe),
+        first_bad.map_or_else(|| "none within the sizes run".to_owned(), describe),
+    )
 }
 
 #[cfg(test)]
@@ -398,6 +423,58 @@ mod tests {
         );
         assert!(out.contains("| c-1x10 | 0.40 | 0.63 | 1.00 |"), "{out}");
         assert!(out.contains("| c-1x10 | wardlink |"), "{out}");
+    }
+
+    #[test]
+    fn sizes_sort_as_numbers_and_each_series_gets_its_own_health_line() {
+        let out = summary_of(
+            "series",
+            &[
+                (
+                    "b-100x4-wardlink.json",
+                    "wardlink",
+                    "b-100x4",
+                    1.0,
+                    60_000.0,
+                ),
+                ("b-20x4-wardlink.json", "wardlink", "b-20x4", 1.0, 2_000.0),
+                ("b-60x4-wardlink.json", "wardlink", "b-60x4", 1.0, 9_000.0),
+                (
+                    "a-fanout-200-wardlink.json",
+                    "wardlink",
+                    "a-fanout-200",
+                    1.0,
+                    9_000.0,
+                ),
+                (
+                    "a-fanout-50-wardlink.json",
+                    "wardlink",
+                    "a-fanout-50",
+                    1.0,
+                    3_000.0,
+                ),
+            ],
+        );
+        let at = |needle: &str| {
+            out.find(needle)
+                .unwrap_or_else(|| panic!("{needle}: {out}"))
+        };
+        assert!(at("| b-20x4 | wardlink |") < at("| b-60x4 | wardlink |"));
+        assert!(at("| b-60x4 | wardlink |") < at("| b-100x4 | wardlink |"));
+        assert!(at("| a-fanout-50 | wardlink |") < at("| a-fanout-200 | wardlink |"));
+        // 100 rooms passed the 50 ms line: 60 is the last healthy size of that series.
+        assert!(
+            out.contains("- **wardlink** rooms of 4: last healthy b-60x4 "),
+            "{out}"
+        );
+        assert!(out.contains("first unhealthy b-100x4 "), "{out}");
+        assert!(
+            out.contains("- **wardlink** fan-out: last healthy a-fanout-200 "),
+            "{out}"
+        );
+        assert_eq!(size_of("b-20x4"), 20);
+        assert_eq!(size_of("a-fanout-350"), 350);
+        assert_eq!(size_of("c-1x10"), 1);
     }
 
     #[test]
