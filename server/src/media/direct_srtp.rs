@@ -72,6 +72,22 @@ impl KeyTap {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+
+    /// Every SRTP session's candidate (master key, master salt, profile) that the tap has
+    /// seen derived so far, ours and the peer's alike: which is which, and which profile,
+    /// only a real packet can tell. For clients that decrypt their own received media (the
+    /// load generator); the SFU proves its own with [`DirectSrtp::probe`].
+    pub fn candidates(&self) -> Vec<(Vec<u8>, Vec<u8>, ProtectionProfile)> {
+        self.seen()
+            .into_iter()
+            .flat_map(|seen| {
+                profiles_for(seen.key.len()).iter().map(move |&profile| {
+                    let salt = seen.first_block[..profile.salt_len().min(16)].to_vec();
+                    (seen.key.clone(), salt, profile)
+                })
+            })
+            .collect()
+    }
 }
 
 impl RTCCryptoProvider for KeyTap {
@@ -242,23 +258,20 @@ impl DirectSrtp {
         };
         *probes += 1;
         let crypto = RingCrypto;
-        for seen in tap.seen() {
-            for &profile in profiles_for(seen.key.len()) {
-                let salt = &seen.first_block[..profile.salt_len().min(16)];
-                let Ok(mut sender) = SrtpSender::new(&crypto, profile, &seen.key, salt) else {
-                    continue;
+        for (key, salt, profile) in tap.candidates() {
+            let Ok(mut sender) = SrtpSender::new(&crypto, profile, &key, &salt) else {
+                continue;
+            };
+            if sender.protect(packet).is_ok_and(|ours| ours[..] == *wire) {
+                tracing::info!(
+                    ?profile,
+                    "forwarded RTP is encrypted by the SFU from here on"
+                );
+                *self = DirectSrtp::Ready {
+                    sender: Box::new(sender),
+                    to,
                 };
-                if sender.protect(packet).is_ok_and(|ours| ours[..] == *wire) {
-                    tracing::info!(
-                        ?profile,
-                        "forwarded RTP is encrypted by the SFU from here on"
-                    );
-                    *self = DirectSrtp::Ready {
-                        sender: Box::new(sender),
-                        to,
-                    };
-                    return;
-                }
+                return;
             }
         }
         if *probes >= MAX_PROBES {

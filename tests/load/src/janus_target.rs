@@ -303,6 +303,7 @@ pub async fn run_participant(
                 Role::Subscriber {
                     rx,
                     drop_every: ctx.plan.downlink_drop_every,
+                    direct: ctx.plan.direct_rx,
                 },
                 ctx.clock,
                 ctx.window.clone(),

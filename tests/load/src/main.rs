@@ -22,6 +22,12 @@ enum SchedPolicy {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SubscriberSrtp {
+    Direct,
+    Rtc,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum TargetKind {
     Wardlink,
     Janus,
@@ -81,6 +87,12 @@ struct Cli {
     /// the server's NACK retransmissions must repair). 0: none.
     #[arg(long, default_value_t = 0)]
     downlink_drop_every: u32,
+    /// Where subscribers decrypt received RTP: `direct` (the default since session 9) once
+    /// a key tapped from `rtc` authenticates it, skipping `rtc`'s read pipeline and so
+    /// taking less CPU from the server under test; `rtc` for everything through `rtc`, as
+    /// before. The report records which was used.
+    #[arg(long, value_enum, default_value = "direct")]
+    subscriber_srtp: SubscriberSrtp,
     /// Scheduling policy of the generator's threads. `batch` (SCHED_BATCH) stops a
     /// generator thread woken by the server's send from preempting the server on the
     /// shared cores (see `sched.rs`); the report records which was used.
@@ -246,6 +258,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             plan: MediaPlan {
                 pace_multiplier: (cli.pace_multiplier > 0.0).then_some(cli.pace_multiplier),
                 downlink_drop_every: cli.downlink_drop_every,
+                direct_rx: cli.subscriber_srtp == SubscriberSrtp::Direct,
                 ..MediaPlan::default()
             },
             bind_ip: cli.bind_ip,

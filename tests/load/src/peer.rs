@@ -50,6 +50,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use wardlink::media::direct_srtp::KeyTap;
+
+use crate::direct_rx::DirectRx;
 use crate::payload::{self, Clock, RecordInfo, StreamKind, MAGIC};
 use crate::stats::{lock, PublisherCounters, SharedRx, Window};
 use crate::{rxstamp, sockopt};
@@ -107,6 +110,10 @@ pub struct MediaPlan {
     /// emulated downlink loss that only the server's NACK retransmissions can repair
     /// (0: none).
     pub downlink_drop_every: u32,
+    /// Subscribers decrypt received RTP outside `rtc`'s read pipeline once a tapped key
+    /// authenticates it ([`DirectRx`]): the generator then takes less of the CPU it shares
+    /// with the server under test. `false`: everything through `rtc`, as before session 9.
+    pub direct_rx: bool,
 }
 
 impl Default for MediaPlan {
@@ -120,6 +127,7 @@ impl Default for MediaPlan {
             keyframe_every: 75,
             pace_multiplier: Some(DEFAULT_PACE_MULTIPLIER),
             downlink_drop_every: 0,
+            direct_rx: true,
         }
     }
 }
@@ -164,6 +172,9 @@ pub enum Role {
         rx: SharedRx,
         /// See [`MediaPlan::downlink_drop_every`].
         drop_every: u32,
+        /// Decrypt received RTP outside `rtc` once a tapped key opens it (see
+        /// [`DirectRx`]); never with `drop_every`, whose recovery needs `rtc`'s NACKs.
+        direct: bool,
     },
 }
 
@@ -249,6 +260,8 @@ pub struct Peer {
     candidate: String,
     audio: Option<(RTCRtpSenderId, u32)>,
     video: Option<(RTCRtpSenderId, u32)>,
+    /// The connection's crypto provider, which notes its SRTP keys (see [`DirectRx`]).
+    tap: Arc<KeyTap>,
 }
 
 fn opus() -> RTCRtpCodec {
@@ -310,7 +323,9 @@ impl Peer {
         )?;
         let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut me));
         let registry = registry.with(Slot::from(14_000), KeyframeRequestTap::default());
+        let tap = KeyTap::new();
         let setting = SettingEngineBuilder::new()
+            .with_crypto_provider(tap.clone())
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
@@ -341,6 +356,7 @@ impl Peer {
             candidate,
             audio: None,
             video: None,
+            tap,
         })
     }
 
@@ -703,8 +719,10 @@ async fn run(
         local,
         audio,
         video,
+        tap,
         ..
     } = peer;
+    let mut direct_rx = DirectRx::Off;
     let mut drop_every_video = 0;
     let mut video_seen: u32 = 0;
     let (mut sender, rx) = match role {
@@ -750,8 +768,15 @@ async fn run(
                 None,
             )
         }
-        Role::Subscriber { rx, drop_every } => {
+        Role::Subscriber {
+            rx,
+            drop_every,
+            direct,
+        } => {
             drop_every_video = drop_every;
+            if direct && drop_every == 0 {
+                direct_rx = DirectRx::new(tap);
+            }
             (None, Some(rx))
         }
     };
@@ -760,6 +785,8 @@ async fn run(
     let mut last_timeout = Instant::now() - MIN_TIMEOUT_INTERVAL;
     let mut closing = false;
     let mut batch: VecDeque<(u64, Bytes)> = VecDeque::new();
+    // Packets of `batch` that DirectRx opened, not yet added to the counters.
+    let mut direct_pending = 0u64;
     loop {
         flush(&mut pc, &socket).await;
         while let Some(event) = pc.poll_event() {
@@ -792,6 +819,7 @@ async fn run(
         if let Some(rx) = &rx {
             if !batch.is_empty() {
                 let mut rx = lock(rx);
+                rx.direct += std::mem::take(&mut direct_pending);
                 for (at, payload) in batch.drain(..) {
                     let parsed = if payload.starts_with(&MAGIC) {
                         payload::parse_payload(&payload, false)
@@ -843,9 +871,14 @@ async fn run(
                                         continue;
                                     }
                                 }
-                                read_one(&mut pc, local, from, &buf[..n]);
                                 // Each datagram's packets get its own arrival time.
                                 let at = stamp.map_or_else(|| clock.now_ns(), |t| clock.ns_from_realtime(t));
+                                if let Some(payload) = direct_rx.open(&buf[..n]) {
+                                    direct_pending += 1;
+                                    batch.push_back((at, payload));
+                                    continue;
+                                }
+                                read_one(&mut pc, local, from, &buf[..n]);
                                 drain_reads(&mut pc, sender.as_mut(), rx.is_some(), at, &mut batch);
                             }
                             Err(_) => break,

@@ -227,6 +227,11 @@ pub struct Report {
     pub pace_multiplier: Option<f64>,
     /// The generator's scheduling policy (`normal`, or `batch` with `--sched batch`).
     pub generator_sched: String,
+    /// Where subscribers were asked to decrypt RTP: `direct` or `rtc`
+    /// ([`crate::direct_rx`]).
+    pub subscriber_srtp: String,
+    /// Received RTP packets that subscribers decrypted outside `rtc`, % of all received.
+    pub subscriber_direct_pct: f64,
     /// One-way latency publisher → server → subscriber, all packets: from the send time
     /// in the payload to the kernel's receive timestamp on the subscriber's socket.
     pub latency: Latency,
@@ -474,6 +479,8 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     let mut worst = 0f64;
     let mut duplicates = 0u64;
     let mut downlink_dropped = 0u64;
+    let mut direct = 0u64;
+    let mut packets = 0u64;
     let mut corrupt = 0u64;
     let mut unexpected = 0u64;
     let mut bytes = 0u64;
@@ -503,6 +510,8 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         }
         corrupt += rx.corrupt.values().sum::<u64>();
         downlink_dropped += rx.dropped;
+        direct += rx.direct;
+        packets += rx.packets;
         for (i, h) in rx.latency.iter().enumerate() {
             all.merge(h);
             per_kind[i].merge(h);
@@ -584,6 +593,12 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         label: cfg.label.clone(),
         pace_multiplier: cfg.plan.pace_multiplier,
         generator_sched: crate::sched::policy_name().to_owned(),
+        subscriber_srtp: if cfg.plan.direct_rx { "direct" } else { "rtc" }.to_owned(),
+        subscriber_direct_pct: if packets > 0 {
+            round(direct as f64 / packets as f64 * 100.0, 2)
+        } else {
+            0.0
+        },
         rooms: cfg.rooms,
         publishers_per_room: cfg.publishers,
         subscribers_per_room: cfg.subscribers,
@@ -697,6 +712,10 @@ pub fn print_table(r: &Report) {
         None => println!("  publishers' video frames sent back to back (unpaced)"),
     }
     println!("  generator scheduling policy: {}", r.generator_sched);
+    println!(
+        "  subscribers' SRTP: {} ({:.2} % of received RTP decrypted outside rtc)",
+        r.subscriber_srtp, r.subscriber_direct_pct
+    );
     println!(
         "  latency ms: p50 {:.2}  p99 {:.2}  max {:.2}   (audio p99 {:.2}, video p99 {:.2})",
         ms(r.latency.p50_us),

@@ -130,6 +130,8 @@ pub struct RxStats {
     pub packets: u64,
     /// Video datagrams dropped on arrival, before SRTP (emulated downlink loss).
     pub dropped: u64,
+    /// RTP packets decrypted outside `rtc` ([`crate::direct_rx::DirectRx`]).
+    pub direct: u64,
 }
 
 impl RxStats {

@@ -276,7 +276,7 @@ pub async fn run_participant(
                                 match Peer::new(ctx.bind_ip).await {
                                     Ok(mut peer) => match peer.answer_offer(sdp) {
                                         Ok(a) => {
-                                            subscribe = Some(peer.spawn(Role::Subscriber { rx, drop_every: ctx.plan.downlink_drop_every }, ctx.clock, ctx.window.clone()));
+                                            subscribe = Some(peer.spawn(Role::Subscriber { rx, drop_every: ctx.plan.downlink_drop_every, direct: ctx.plan.direct_rx }, ctx.clock, ctx.window.clone()));
                                             Ok(a)
                                         }
                                         Err(e) => Err(e),
@@ -438,6 +438,7 @@ pub async fn join_leave_cycle(
                                 Role::Subscriber {
                                     rx: rx.clone(),
                                     drop_every: ctx.plan.downlink_drop_every,
+                                    direct: ctx.plan.direct_rx,
                                 },
                                 ctx.clock,
                                 ctx.window.clone(),
