@@ -146,7 +146,9 @@ mod tests {
             tap.crypto(),
         )
         .unwrap();
-        let key: Vec<u8> = (0..profile.key_len() as u8).map(|i| i * 11).collect();
+        let key: Vec<u8> = (0..profile.key_len() as u8)
+            .map(|i| i.wrapping_mul(11))
+            .collect();
         let salt: Vec<u8> = (0..profile.salt_len() as u8).map(|i| 250 - i).collect();
         let theirs = Context::new(&key, &salt, profile, None, None, tap.crypto()).unwrap();
         (tap, theirs)

@@ -223,6 +223,10 @@ pub struct Report {
     pub forwarded_mbps: f64,
     /// Publishers' packets per second into the server.
     pub ingress_pps: f64,
+    /// What the publishers should have sent by their plan, packets per second
+    /// ([`crate::peer::MediaPlan::nominal_pps`]); `ingress_pps` well below it means the
+    /// generator was starved and the server got less than the scenario's load.
+    pub nominal_ingress_pps: f64,
     /// Video pacing multiplier the publishers used (`None`: frames sent back to back).
     pub pace_multiplier: Option<f64>,
     /// The generator's scheduling policy (`normal`, or `batch` with `--sched batch`).
@@ -623,6 +627,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         forwarded_pps: round(received_packets as f64 / window_s, 1),
         forwarded_mbps: round(mbps, 3),
         ingress_pps: round(ingress as f64 / window_s, 1),
+        nominal_ingress_pps: round(pub_counters.len() as f64 * cfg.plan.nominal_pps(), 1),
         latency: Latency::from(&all),
         latency_audio: Latency::from(&per_kind[0]),
         latency_video: Latency::from(&per_kind[1]),
@@ -688,8 +693,8 @@ pub fn print_table(r: &Report) {
         r.setup_s, r.streams_flowing_at_start, r.streams_expected, r.window_s
     );
     println!(
-        "  forwarded {:>10.0} pkt/s {:>9.2} Mbit/s   (ingress {:.0} pkt/s)",
-        r.forwarded_pps, r.forwarded_mbps, r.ingress_pps
+        "  forwarded {:>10.0} pkt/s {:>9.2} Mbit/s   (ingress {:.0} pkt/s of {:.0} by the plan)",
+        r.forwarded_pps, r.forwarded_mbps, r.ingress_pps, r.nominal_ingress_pps
     );
     println!(
         "  loss {:.4}% ({} of {}), worst stream {:.3}%, duplicates {}, corrupt {}, misrouted {}",

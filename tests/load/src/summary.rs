@@ -12,6 +12,11 @@ use serde_json::Value;
 pub const LOSS_LIMIT_PCT: f64 = 0.1;
 /// p99 latency limit, ms.
 pub const P99_LIMIT_MS: f64 = 50.0;
+/// A run carried its scenario's load only if its publishers sent at least this share of
+/// what their plan calls for (`nominal_ingress_pps`). Below it the generator was starved,
+/// usually because the server under test held the cores it needed, and the run's loss and
+/// latency are those of a smaller load: it does not count as healthy.
+pub const FULL_LOAD_SHARE: f64 = 0.9;
 
 fn f(v: &Value, path: &[&str]) -> Option<f64> {
     let mut cur = v;
@@ -33,6 +38,13 @@ pub fn healthy(r: &Value) -> bool {
     let flowing = f(r, &["streams_flowing_at_start"]) == f(r, &["streams_expected"]);
     let failed = f(r, &["failed_participants"]).unwrap_or(1.0);
     loss <= LOSS_LIMIT_PCT && p99 <= P99_LIMIT_MS && flowing && failed == 0.0
+}
+
+/// The publishers' packets per second into the server as a share of their plan's;
+/// `None` for a report without the plan's rate (before session 9).
+fn offered_share(r: &Value) -> Option<f64> {
+    let nominal = f(r, &["nominal_ingress_pps"]).filter(|n| *n > 0.0)?;
+    Some(f(r, &["ingress_pps"]).unwrap_or(0.0) / nominal)
 }
 
 /// The round a report file belongs to: `…-r3.json` is round 3, anything else round 1
@@ -245,7 +257,8 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
 
     writeln!(
         out,
-        "\n### Where each server stopped being healthy (loss > {LOSS_LIMIT_PCT} % or p99 > {P99_LIMIT_MS} ms or a stream never flowed)\n"
+        "\n### Where each server stopped being healthy (loss > {LOSS_LIMIT_PCT} % or p99 > {P99_LIMIT_MS} ms or a stream never flowed, or the publishers sent under {:.0} % of their plan's packets)\n",
+        FULL_LOAD_SHARE * 100.0
     )?;
     for (series, name) in [("a", "fan-out"), ("b", "rooms of 4")] {
         if !labels.iter().any(|l| series_of(l) == series) {
@@ -288,6 +301,7 @@ fn health_line(
     series: &str,
     target: &str,
 ) -> String {
+    let carried = |r: &Value| offered_share(r).is_none_or(|o| o >= FULL_LOAD_SHARE);
     let mut last_good: Option<&Value> = None;
     let mut first_bad: Option<&Value> = None;
     for label in labels.iter().filter(|l| series_of(l) == series) {
@@ -298,19 +312,20 @@ fn health_line(
             break;
         }
         // A size is healthy only if every round of it was.
-        match rounds.values().find(|r| !healthy(r)) {
+        match rounds.values().find(|r| !healthy(r) || !carried(r)) {
             Some(bad) => first_bad = Some(bad),
             None => last_good = rounds.values().next(),
         }
     }
     let describe = |r: &Value| {
         format!(
-            "{} ({} streams forwarded, {:.0} pkt/s, loss {:.3} %, p99 {:.1} ms)",
+            "{} ({} streams forwarded, {:.0} pkt/s, loss {:.3} %, p99 {:.1} ms, publishers sent {} % of their plan's packets)",
             r["label"].as_str().unwrap_or("?"),
             fmt(f(r, &["streams_expected"]), 0),
             f(r, &["forwarded_pps"]).unwrap_or(0.0),
             f(r, &["loss_pct"]).unwrap_or(0.0),
-            f(r, &["latency", "p99_us"]).unwrap_or(0.0) / 1000.0
+            f(r, &["latency", "p99_us"]).unwrap_or(0.0) / 1000.0,
+            fmt(offered_share(r).map(|o| o * 100.0), 0),
         )
     };
     format!(
@@ -475,6 +490,41 @@ mod tests {
         assert_eq!(size_of("b-20x4"), 20);
         assert_eq!(size_of("a-fanout-350"), 350);
         assert_eq!(size_of("c-1x10"), 1);
+    }
+
+    #[test]
+    fn a_run_whose_publishers_could_not_send_the_load_is_not_healthy() {
+        let dir = std::env::temp_dir().join(format!("wl-summary-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Janus at 30 rooms: no loss and a low p99, but its publishers sent 80 % of their
+        // plan's packets: the server held the cores the generator needed.
+        for (target, rooms, ingress_per_publisher, p99) in [
+            ("wardlink", 20.0, 196.0, 1_800.0),
+            ("wardlink", 30.0, 195.0, 2_900.0),
+            ("janus", 20.0, 194.0, 4_400.0),
+            ("janus", 30.0, 157.0, 3_000.0),
+        ] {
+            let label = format!("b-{rooms}x4");
+            let mut v: Value = serde_json::from_str(&report(target, &label, 1.0, p99)).unwrap();
+            v["ingress_pps"] = (ingress_per_publisher * rooms * 4.0).into();
+            v["nominal_ingress_pps"] = (196.0 * rooms * 4.0).into();
+            std::fs::write(dir.join(format!("{label}-{target}.json")), v.to_string()).unwrap();
+        }
+        let out = summarize(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            out.contains("- **janus** rooms of 4: last healthy b-20x4 "),
+            "{out}"
+        );
+        assert!(out.contains("first unhealthy b-30x4 ("), "{out}");
+        assert!(
+            out.contains("publishers sent 80 % of their plan's packets"),
+            "{out}"
+        );
+        assert!(
+            out.contains("- **wardlink** rooms of 4: last healthy b-30x4 "),
+            "{out}"
+        );
     }
 
     #[test]
