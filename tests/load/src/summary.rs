@@ -31,13 +31,15 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 }
 
 /// Whether a run stayed within [`LOSS_LIMIT_PCT`] and [`P99_LIMIT_MS`] with every
-/// stream flowing.
+/// stream flowing, under its scenario's whole load ([`FULL_LOAD_SHARE`]; reports from
+/// before that was recorded are taken as carrying it).
 pub fn healthy(r: &Value) -> bool {
     let loss = f(r, &["loss_pct"]).unwrap_or(100.0);
     let p99 = f(r, &["latency", "p99_us"]).unwrap_or(f64::MAX) / 1000.0;
     let flowing = f(r, &["streams_flowing_at_start"]) == f(r, &["streams_expected"]);
     let failed = f(r, &["failed_participants"]).unwrap_or(1.0);
-    loss <= LOSS_LIMIT_PCT && p99 <= P99_LIMIT_MS && flowing && failed == 0.0
+    let carried = offered_share(r).is_none_or(|o| o >= FULL_LOAD_SHARE);
+    loss <= LOSS_LIMIT_PCT && p99 <= P99_LIMIT_MS && flowing && failed == 0.0 && carried
 }
 
 /// The publishers' packets per second into the server as a share of their plan's;
@@ -301,7 +303,6 @@ fn health_line(
     series: &str,
     target: &str,
 ) -> String {
-    let carried = |r: &Value| offered_share(r).is_none_or(|o| o >= FULL_LOAD_SHARE);
     let mut last_good: Option<&Value> = None;
     let mut first_bad: Option<&Value> = None;
     for label in labels.iter().filter(|l| series_of(l) == series) {
@@ -312,7 +313,7 @@ fn health_line(
             break;
         }
         // A size is healthy only if every round of it was.
-        match rounds.values().find(|r| !healthy(r) || !carried(r)) {
+        match rounds.values().find(|r| !healthy(r)) {
             Some(bad) => first_bad = Some(bad),
             None => last_good = rounds.values().next(),
         }
@@ -339,7 +340,7 @@ fn health_line(
 mod tests {
     use super::*;
 
-    fn report(target: &str, label: &str, cpu_ms_per_mbit: f64, p99_us: f64) -> String {
+    fn report(target: &str, label: &str, cpu_ms_per_mbit: f64, p99_us: f64) -> Value {
         serde_json::json!({
             "target": target,
             "label": label,
@@ -350,20 +351,29 @@ mod tests {
             "streams_flowing_at_start": 2,
             "failed_participants": 0,
         })
-        .to_string()
     }
 
-    /// Writes one report per (file, target, label, CPU ms per Mbit, p99 µs) into a fresh
-    /// directory and summarizes it.
-    fn summary_of(tag: &str, reports: &[(&str, &str, &str, f64, f64)]) -> String {
+    /// Writes each (file name, report) into a fresh directory and summarizes it.
+    fn summarize_reports(tag: &str, reports: Vec<(String, Value)>) -> String {
         let dir = std::env::temp_dir().join(format!("wl-summary-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for (file, target, label, cpu, p99) in reports {
-            std::fs::write(dir.join(file), report(target, label, *cpu, *p99)).unwrap();
+        for (file, report) in reports {
+            std::fs::write(dir.join(file), report.to_string()).unwrap();
         }
         let out = summarize(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         out
+    }
+
+    /// One report per (file, target, label, CPU ms per Mbit, p99 µs), summarized.
+    fn summary_of(tag: &str, reports: &[(&str, &str, &str, f64, f64)]) -> String {
+        let reports = reports
+            .iter()
+            .map(|(file, target, label, cpu, p99)| {
+                (file.to_string(), report(target, label, *cpu, *p99))
+            })
+            .collect();
+        summarize_reports(tag, reports)
     }
 
     #[test]
@@ -494,24 +504,24 @@ mod tests {
 
     #[test]
     fn a_run_whose_publishers_could_not_send_the_load_is_not_healthy() {
-        let dir = std::env::temp_dir().join(format!("wl-summary-load-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         // Janus at 30 rooms: no loss and a low p99, but its publishers sent 80 % of their
         // plan's packets: the server held the cores the generator needed.
-        for (target, rooms, ingress_per_publisher, p99) in [
+        let reports = [
             ("wardlink", 20.0, 196.0, 1_800.0),
             ("wardlink", 30.0, 195.0, 2_900.0),
             ("janus", 20.0, 194.0, 4_400.0),
             ("janus", 30.0, 157.0, 3_000.0),
-        ] {
+        ]
+        .into_iter()
+        .map(|(target, rooms, ingress_per_publisher, p99)| {
             let label = format!("b-{rooms}x4");
-            let mut v: Value = serde_json::from_str(&report(target, &label, 1.0, p99)).unwrap();
+            let mut v = report(target, &label, 1.0, p99);
             v["ingress_pps"] = (ingress_per_publisher * rooms * 4.0).into();
             v["nominal_ingress_pps"] = (196.0 * rooms * 4.0).into();
-            std::fs::write(dir.join(format!("{label}-{target}.json")), v.to_string()).unwrap();
-        }
-        let out = summarize(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+            (format!("{label}-{target}.json"), v)
+        })
+        .collect();
+        let out = summarize_reports("load", reports);
         assert!(
             out.contains("- **janus** rooms of 4: last healthy b-20x4 "),
             "{out}"
