@@ -40,6 +40,10 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Seconds a peer connection may take to connect before the client is told to retry it.
     pub connect_timeout_secs: u64,
+    /// Seconds a connected peer connection may hear nothing from its client (a dead link,
+    /// a closed laptop) before it is torn down and the client, if still there, told to
+    /// reconnect. Shorter outages (a tunnel, a router switching masts) ride through.
+    pub media_silence_secs: u64,
     /// Send runs of equal-sized datagrams to one peer with UDP GSO (Linux) where the kernel
     /// and device allow it; off sends one datagram per system call. On by default: it
     /// falls back by itself where GSO is refused.
@@ -145,6 +149,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             public_url: None,
             connect_timeout_secs: 10,
+            media_silence_secs: 30,
             media_gso: true,
             link_valid_hours: 24,
             max_participants_per_room: 16,
@@ -260,6 +265,12 @@ impl Config {
             bail!(
                 "connect_timeout_secs must be 1..=300, got {}",
                 self.connect_timeout_secs
+            );
+        }
+        if !(2..=600).contains(&self.media_silence_secs) {
+            bail!(
+                "media_silence_secs must be 2..=600, got {}",
+                self.media_silence_secs
             );
         }
         if self.link_valid_hours == 0 || self.link_valid_hours > MAX_LINK_VALID_HOURS {

@@ -19,6 +19,7 @@ fn sfu() -> Sfu {
     Sfu::new(SfuConfig {
         advertised: SocketAddr::from(([127, 0, 0, 1], 40000)),
         connect_timeout: Duration::from_secs(10),
+        silence_limit: wardlink::media::sfu::DEFAULT_SILENCE_LIMIT,
     })
 }
 

@@ -6,6 +6,7 @@
 //! - [`synthetic`]: self-describing media payloads, checked byte for byte on arrival;
 //! - [`tokens`]: join-token surgery (forged, tampered, expired) for negative tests;
 //! - [`checks`]: payload integrity, routing and delivery-ratio checks;
+//! - [`nat`]: a NAT on loopback whose mappings can move (NAT rebinding) or go dark;
 //! - [`tls`]: trust pinned to the server's self-signed certificate;
 //! - [`probe`]: raw HTTPS requests, TLS-version handshakes and `openssl s_client`.
 
@@ -13,6 +14,7 @@
 
 pub mod checks;
 pub mod harness;
+pub mod nat;
 pub mod probe;
 pub mod rtc_client;
 pub mod signal_client;

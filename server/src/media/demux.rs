@@ -25,9 +25,18 @@ pub fn is_stun(datagram: &[u8]) -> bool {
     datagram.first().is_some_and(|b| *b <= 3)
 }
 
-/// Extracts the local ufrag (the part of USERNAME before `:`) from a STUN binding
-/// request, or `None` if the datagram is not one or is malformed.
-pub fn binding_request_local_ufrag(datagram: &[u8]) -> Option<&str> {
+/// STUN attribute type of USE-CANDIDATE (RFC 8445 §16.1).
+const ATTR_USE_CANDIDATE: u16 = 0x0025;
+
+/// A STUN transaction id.
+pub type TransactionId = [u8; 12];
+
+/// The attributes of a well-formed STUN binding request, as (type, value) pairs, with its
+/// transaction id; `None` if the datagram is not one. The walk stops at the first
+/// malformed attribute.
+fn binding_request_attrs(
+    datagram: &[u8],
+) -> Option<(TransactionId, impl Iterator<Item = (u16, &[u8])>)> {
     if datagram.len() < 20 {
         return None;
     }
@@ -37,19 +46,34 @@ pub fn binding_request_local_ufrag(datagram: &[u8]) -> Option<&str> {
     if msg_type != BINDING_REQUEST || cookie != MAGIC_COOKIE || datagram.len() < 20 + msg_len {
         return None;
     }
-    let mut attrs = &datagram[20..20 + msg_len];
-    while attrs.len() >= 4 {
-        let typ = u16::from_be_bytes([attrs[0], attrs[1]]);
-        let len = usize::from(u16::from_be_bytes([attrs[2], attrs[3]]));
-        let value = attrs.get(4..4 + len)?;
-        if typ == ATTR_USERNAME {
-            let username = std::str::from_utf8(value).ok()?;
-            return username.split(':').next();
-        }
+    let transaction: TransactionId = datagram[8..20].try_into().ok()?;
+    let mut rest = &datagram[20..20 + msg_len];
+    let attrs = std::iter::from_fn(move || {
+        let typ = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+        let len = usize::from(u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]));
+        let value = rest.get(4..4 + len)?;
         let padded = (len + 3) & !3;
-        attrs = attrs.get(4 + padded..)?;
-    }
-    None
+        rest = rest.get(4 + padded..).unwrap_or_default();
+        Some((typ, value))
+    });
+    Some((transaction, attrs))
+}
+
+/// Extracts the local ufrag (the part of USERNAME before `:`) from a STUN binding
+/// request, or `None` if the datagram is not one or is malformed.
+pub fn binding_request_local_ufrag(datagram: &[u8]) -> Option<&str> {
+    let (_, mut attrs) = binding_request_attrs(datagram)?;
+    let (_, username) = attrs.find(|(typ, _)| *typ == ATTR_USERNAME)?;
+    std::str::from_utf8(username).ok()?.split(':').next()
+}
+
+/// The transaction id of a STUN binding request and whether it nominates its candidate
+/// pair (carries USE-CANDIDATE); `None` if the datagram is not a binding request. Nothing
+/// here is authenticated: `rtc` checks MESSAGE-INTEGRITY.
+pub fn binding_request_check(datagram: &[u8]) -> Option<(TransactionId, bool)> {
+    let (transaction, mut attrs) = binding_request_attrs(datagram)?;
+    let nominates = attrs.any(|(typ, _)| typ == ATTR_USE_CANDIDATE);
+    Some((transaction, nominates))
 }
 
 /// The routing table: ICE ufrag → connection, remote address → connection.
@@ -126,6 +150,16 @@ mod tests {
     fn extracts_local_ufrag() {
         let req = binding_request("srvUfrag:cliUfrag");
         assert_eq!(binding_request_local_ufrag(&req), Some("srvUfrag"));
+        assert_eq!(binding_request_check(&req), Some(([7; 12], false)));
+        let mut nominating = req.clone();
+        nominating.extend_from_slice(&ATTR_USE_CANDIDATE.to_be_bytes());
+        nominating.extend_from_slice(&[0, 0]);
+        let len = (nominating.len() - 20) as u16;
+        nominating[2..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(binding_request_check(&nominating), Some(([7; 12], true)));
+        // The attribute outside the declared length is not read.
+        nominating[2..4].copy_from_slice(&(len - 4).to_be_bytes());
+        assert_eq!(binding_request_check(&nominating), Some(([7; 12], false)));
     }
 
     #[test]
@@ -134,10 +168,12 @@ mod tests {
         for cut in 0..req.len() {
             // Must not panic on any truncation.
             let _ = binding_request_local_ufrag(&req[..cut]);
+            let _ = binding_request_check(&req[..cut]);
         }
         let mut resp = req.clone();
         resp[0] = 0x01; // 0x0101 = binding success response
         assert_eq!(binding_request_local_ufrag(&resp), None);
+        assert_eq!(binding_request_check(&resp), None);
         let mut bad_len = req.clone();
         bad_len[2] = 0xFF;
         assert_eq!(binding_request_local_ufrag(&bad_len), None);

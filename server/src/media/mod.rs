@@ -10,6 +10,7 @@ pub mod direct_srtp;
 pub mod forwarder;
 pub mod gso;
 pub mod recv_batch;
+pub mod remote_path;
 pub mod send_batch;
 pub mod sfu;
 pub mod srtp_sender;
@@ -163,6 +164,7 @@ pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
     let sfu = Sfu::new(SfuConfig {
         advertised: advertised_addr,
         connect_timeout: Duration::from_secs(config.connect_timeout_secs),
+        silence_limit: Duration::from_secs(config.media_silence_secs),
     });
     let poll = Poll::new()?;
     // Readable only: registered for writing too, every datagram sent would raise an

@@ -41,9 +41,10 @@ use wardlink_signaling::room::{MediaCommand, MediaEvent, TrackRef};
 use wardlink_signaling::ErrorCode;
 
 use super::codecs;
-use super::demux::{self, Demux, PeerId};
+use super::demux::{Demux, PeerId};
 use super::direct_srtp::{self, DirectSrtp, KeyTap};
 use super::forwarder::{DedupWindow, KeyframeThrottle, LegRewriter, PacketHistory, SentCounters};
+use super::remote_path::RemotePath;
 
 /// Most datagrams queued for one peer connection before new ones are dropped. A dead or
 /// slow subscriber fills only its own outbox; the publisher and the others never wait.
@@ -83,6 +84,12 @@ pub struct SfuStats {
     /// Forwarded packets encrypted by the SFU itself rather than by `rtc` (see
     /// [`super::direct_srtp`]).
     pub direct: u64,
+    /// Times a connection followed its client to a new address (see
+    /// [`super::remote_path`]).
+    pub path_moves: u64,
+    /// Connections torn down because nothing arrived from their client for the silence
+    /// limit.
+    pub silence_teardowns: u64,
 }
 
 /// SFU settings.
@@ -92,7 +99,14 @@ pub struct SfuConfig {
     pub advertised: SocketAddr,
     /// How long a peer connection may take to reach `connected`.
     pub connect_timeout: Duration,
+    /// How long a connection may hear nothing from its client before it is torn down (and
+    /// the client told to reconnect).
+    pub silence_limit: Duration,
 }
+
+/// The default of [`SfuConfig::silence_limit`]: what `rtc`'s ICE agent allowed by default
+/// (5 s to disconnected, then 25 s to failed), which that agent no longer judges.
+pub const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(30);
 
 /// A published track as received from one publisher connection.
 struct InboundTrack {
@@ -165,6 +179,8 @@ struct Peer {
     direct: DirectSrtp,
     /// When the subscriber legs' next sender reports are due (once connected).
     next_report: Option<Instant>,
+    /// The client's address, followed across NAT rebinding, and its liveness.
+    path: RemotePath,
 }
 
 impl Peer {
@@ -335,6 +351,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        peer.path.inbound(now, from, payload);
         let result = peer.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -349,13 +366,6 @@ impl Sfu {
             // One bad datagram (replay, auth failure, garbage) must not end the session.
             tracing::debug!(peer = id, %err, "datagram rejected");
         }
-        // ICE selects a pair only while handling a check (after an ICE restart, say), so
-        // that is when the direct path re-reads where this connection's media goes.
-        if demux::is_stun(payload) && peer.direct.is_ready() {
-            if let Some(to) = selected_remote(peer) {
-                peer.direct.follow(to);
-            }
-        }
         self.process_peer(now, id);
     }
 
@@ -363,7 +373,14 @@ impl Sfu {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.peers
             .values_mut()
-            .flat_map(|p| [p.timer(), p.connect_deadline, p.next_report])
+            .flat_map(|p| {
+                [
+                    p.timer(),
+                    p.connect_deadline,
+                    p.next_report,
+                    p.path.deadline(),
+                ]
+            })
             .flatten()
             .min()
     }
@@ -400,6 +417,16 @@ impl Sfu {
         for id in stalled {
             self.stats.connect_timeouts += 1;
             self.fail_peer(id, "the connection did not come up in time");
+        }
+        let silent: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.path.is_gone(now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            self.stats.silence_teardowns += 1;
+            self.fail_peer(id, "nothing arrived from the client for the silence limit");
         }
     }
 
@@ -442,6 +469,10 @@ impl Sfu {
             .with_crypto_provider(tap.clone())
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), pwd)
+            // Its disconnected/failed timers watch only the first nominated address, so a
+            // client whose NAT moved it would be failed while its media flows;
+            // `RemotePath` judges liveness on the address it follows.
+            .with_ice_timeouts(Some(Duration::ZERO), Some(Duration::ZERO), None)
             // The browser is the DTLS client on both connections: the field notes show the
             // server-as-client handshake stalling under loss.
             .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -502,6 +533,7 @@ impl Sfu {
                 side,
                 direct,
                 next_report: None,
+                path: RemotePath::new(self.config.silence_limit),
             }),
         );
     }
@@ -1338,7 +1370,16 @@ fn drain_into_outbox(
     // Every path that feeds a connection (datagram, timeout, forwarded packet, RTCP)
     // ends here, so this is where its deadline may have moved.
     peer.timer_stale = true;
-    while let Some(msg) = peer.pc.poll_write() {
+    while let Some(mut msg) = peer.pc.poll_write() {
+        let routed = peer
+            .path
+            .outbound(msg.now, msg.transport.peer_addr, &msg.message);
+        msg.transport.peer_addr = routed.to;
+        if let Some(to) = routed.moved_to {
+            stats.path_moves += 1;
+            peer.direct.follow(to);
+            tracing::info!(participant = %peer.participant, pc = ?peer.pc_kind, %to, "the client's address moved; media follows");
+        }
         enqueue(id, peer, msg, ready, stats);
     }
 }
@@ -1418,23 +1459,6 @@ fn send_rtp(
             peer.direct.probe(&packet, &wire, to);
         }
     }
-}
-
-/// The remote address of a subscriber connection's selected ICE candidate pair.
-fn selected_remote(peer: &mut Peer) -> Option<SocketAddr> {
-    let Side::Subscriber { legs, .. } = &peer.side else {
-        return None;
-    };
-    // Any sender reaches the connection's one transport.
-    let sender_id = legs.values().flatten().flatten().next()?.sender_id;
-    let sender = peer.pc.rtp_sender(sender_id)?;
-    let pair = sender
-        .transport()?
-        .ice_transport()
-        .get_selected_candidate_pair()?;
-    let remote = pair.remote();
-    let ip: std::net::IpAddr = remote.address.parse().ok()?;
-    Some(SocketAddr::new(ip, remote.port))
 }
 
 /// Whether `datagram` is the SRTP packet of stream `ssrc` with sequence number `seq`

@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let mut sfu = Sfu::new(SfuConfig {
         advertised: SocketAddr::from(([127, 0, 0, 1], 40000)),
         connect_timeout: Duration::from_secs(10),
+        silence_limit: wardlink::media::sfu::DEFAULT_SILENCE_LIMIT,
     });
     let (tx, mut rx) = mpsc::unbounded_channel();
     sfu.attach("p".into(), tx);
