@@ -123,6 +123,8 @@ export function startServer(configPath, logPath) {
     tail: () => tail.join('\n'),
     /** How many log lines so far contain `text`. */
     count: (text) => all.filter((line) => line.includes(text)).length,
+    /** The log lines so far that contain `text`. */
+    lines: (text) => all.filter((line) => line.includes(text)),
     exitInfo: () => exitInfo,
     async stop() {
       if (!exitInfo) {
@@ -199,4 +201,56 @@ export async function screenshotAll(pages, label) {
       // A crashed page cannot be photographed; the failure itself is reported elsewhere.
     }
   }
+}
+
+/** A NAT on loopback in front of the server's media port (the Rust tests have the same in
+ *  `tests/src/nat.rs`). The server advertises `outsideIp` (its `public_ip`), so browsers send
+ *  there; each browser address gets a mapping of its own, a socket on a fresh 127.0.0.1 port
+ *  toward the server. `rebind()` gives every mapping a new port and closes the old one, as a
+ *  pocket Wi-Fi router does when its mobile link reconnects. */
+export async function startNat(outsideIp, port) {
+  const server = { address: '127.0.0.1', port };
+  const outside = dgram.createSocket('udp4');
+  const mappings = new Map(); // "ip:port" of the browser -> inside socket
+  const open = (client) =>
+    new Promise((resolve, reject) => {
+      const inside = dgram.createSocket('udp4');
+      inside.once('error', reject);
+      inside.on('message', (msg, from) => {
+        if (from.address === server.address && from.port === server.port) {
+          outside.send(msg, client.port, client.address);
+        }
+      });
+      inside.bind(0, '127.0.0.1', () => resolve(inside));
+    });
+  outside.on('message', async (msg, from) => {
+    const key = `${from.address}:${from.port}`;
+    let entry = mappings.get(key);
+    if (!entry) {
+      entry = { client: { address: from.address, port: from.port }, socket: open(from) };
+      mappings.set(key, entry);
+    }
+    const inside = await entry.socket;
+    inside.send(msg, server.port, server.address);
+  });
+  await new Promise((resolve, reject) => {
+    outside.once('error', reject);
+    outside.bind(port, outsideIp, resolve);
+  });
+  return {
+    clientCount: () => mappings.size,
+    clients: () => [...mappings.keys()],
+    async rebind() {
+      for (const entry of mappings.values()) {
+        const old = await entry.socket;
+        entry.socket = open(entry.client);
+        await entry.socket;
+        old.close();
+      }
+    },
+    close() {
+      for (const entry of mappings.values()) entry.socket.then((s) => s.close()).catch(() => {});
+      outside.close();
+    },
+  };
 }

@@ -49,8 +49,17 @@ pub struct Routed {
     /// Where to send the datagram.
     pub to: SocketAddr,
     /// Set when this datagram (a check's success response) moved the connection from one
-    /// address to another: the new one. The first nomination is not a move.
-    pub moved_to: Option<SocketAddr>,
+    /// address to another. The first nomination is not a move.
+    pub moved: Option<Move>,
+}
+
+/// A connection's move to a new remote address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    /// The new address.
+    pub to: SocketAddr,
+    /// Whether the check nominated (otherwise the old address had gone silent).
+    pub nominated: bool,
 }
 
 /// One connection's remote address as followed across NAT rebinding, and when it was last
@@ -100,12 +109,12 @@ impl RemotePath {
     /// first, by the rules in the module documentation.
     pub fn outbound(&mut self, now: Instant, to: SocketAddr, datagram: &[u8]) -> Routed {
         if demux::is_stun(datagram) {
-            let moved_to = self.answered(now, to, datagram);
-            return Routed { to, moved_to };
+            let moved = self.answered(now, to, datagram);
+            return Routed { to, moved };
         }
         Routed {
             to: self.current.unwrap_or(to),
-            moved_to: None,
+            moved: None,
         }
     }
 
@@ -123,7 +132,7 @@ impl RemotePath {
 
     /// Handles an outgoing STUN message: a success response to the pending request proves
     /// that request authentic, and may move the connection to its source.
-    fn answered(&mut self, now: Instant, to: SocketAddr, datagram: &[u8]) -> Option<SocketAddr> {
+    fn answered(&mut self, now: Instant, to: SocketAddr, datagram: &[u8]) -> Option<Move> {
         let check = self.pending?;
         if datagram.get(..2) != Some(&BINDING_SUCCESS[..])
             || datagram.get(8..20) != Some(&check.transaction[..])
@@ -149,7 +158,10 @@ impl RemotePath {
             Some(_) if check.nominates || silent => {
                 self.current = Some(to);
                 self.last_heard = Some(now);
-                Some(to)
+                Some(Move {
+                    to,
+                    nominated: check.nominates,
+                })
             }
             _ => None,
         }
@@ -200,12 +212,12 @@ mod tests {
         tx: u8,
         nominates: bool,
         answered: bool,
-    ) -> Option<SocketAddr> {
+    ) -> Option<Move> {
         path.inbound(now, from, &request(tx, nominates));
         if !answered {
             return None;
         }
-        path.outbound(now, from, &success(tx)).moved_to
+        path.outbound(now, from, &success(tx)).moved
     }
 
     #[test]
@@ -233,7 +245,11 @@ mod tests {
         check(&mut path, t0, addr(1), 1, true, true);
         let t1 = t0 + Duration::from_millis(100);
         path.inbound(t1, addr(1), &media());
-        assert_eq!(check(&mut path, t1, addr(2), 2, true, true), Some(addr(2)));
+        let moved = Move {
+            to: addr(2),
+            nominated: true,
+        };
+        assert_eq!(check(&mut path, t1, addr(2), 2, true, true), Some(moved));
         assert_eq!(path.outbound(t1, addr(1), &media()).to, addr(2));
         // STUN keeps its own destination: the answer to a check from the old address
         // goes back there.
@@ -259,7 +275,11 @@ mod tests {
         assert_eq!(check(&mut path, t2, addr(2), 3, false, true), None);
         // The current address silent for the whole interval: the client moved.
         let t3 = t1 + SWITCH_AFTER_SILENCE;
-        assert_eq!(check(&mut path, t3, addr(2), 4, false, true), Some(addr(2)));
+        let moved = Move {
+            to: addr(2),
+            nominated: false,
+        };
+        assert_eq!(check(&mut path, t3, addr(2), 4, false, true), Some(moved));
         assert_eq!(path.current(), Some(addr(2)));
     }
 
@@ -273,12 +293,12 @@ mod tests {
         assert_eq!(check(&mut path, late, addr(2), 2, true, false), None);
         // A success response for another transaction, or to another address.
         path.inbound(late, addr(2), &request(3, true));
-        assert_eq!(path.outbound(late, addr(2), &success(4)).moved_to, None);
-        assert_eq!(path.outbound(late, addr(3), &success(3)).moved_to, None);
+        assert_eq!(path.outbound(late, addr(2), &success(4)).moved, None);
+        assert_eq!(path.outbound(late, addr(3), &success(3)).moved, None);
         // A later datagram clears the pending check: its answer cannot come late.
         path.inbound(late, addr(2), &request(5, true));
         path.inbound(late, addr(2), &media());
-        assert_eq!(path.outbound(late, addr(2), &success(5)).moved_to, None);
+        assert_eq!(path.outbound(late, addr(2), &success(5)).moved, None);
         assert_eq!(path.current(), Some(addr(1)));
     }
 

@@ -1375,10 +1375,16 @@ fn drain_into_outbox(
             .path
             .outbound(msg.now, msg.transport.peer_addr, &msg.message);
         msg.transport.peer_addr = routed.to;
-        if let Some(to) = routed.moved_to {
+        if let Some(moved) = routed.moved {
             stats.path_moves += 1;
-            peer.direct.follow(to);
-            tracing::info!(participant = %peer.participant, pc = ?peer.pc_kind, %to, "the client's address moved; media follows");
+            peer.direct.follow(moved.to);
+            tracing::info!(
+                participant = %peer.participant,
+                pc = ?peer.pc_kind,
+                to = %moved.to,
+                by = if moved.nominated { "nomination" } else { "silence" },
+                "the client's address moved; media follows"
+            );
         }
         enqueue(id, peer, msg, ready, stats);
     }
