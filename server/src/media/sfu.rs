@@ -911,7 +911,7 @@ impl Sfu {
         // A new subscriber needs a keyframe to start decoding; once connected, ask now.
         if connected {
             for (publisher, kind) in new_video_sources {
-                self.request_keyframe(now, &publisher, kind);
+                self.request_keyframe(now, &publisher, kind, "a new subscriber");
             }
         }
         self.process_peer(now, id);
@@ -943,8 +943,9 @@ impl Sfu {
         }
     }
 
-    /// Sends a PLI to the publisher's video stream, at most once per throttle interval.
-    fn request_keyframe(&mut self, now: Instant, publisher: &str, kind: MediaKind) {
+    /// Sends a PLI to the publisher's video stream, at most once per throttle interval;
+    /// `why` is logged (at debug level), since every keyframe costs the publisher's uplink.
+    fn request_keyframe(&mut self, now: Instant, publisher: &str, kind: MediaKind, why: &str) {
         let Some(pid) = self.attachments.get(publisher).and_then(|a| a.publish) else {
             return;
         };
@@ -967,7 +968,10 @@ impl Sfu {
         let receiver_id = track.receiver_id;
         if let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) {
             match receiver.write_rtcp(now, vec![Box::new(pli)]) {
-                Ok(()) => self.stats.keyframe_requests += 1,
+                Ok(()) => {
+                    self.stats.keyframe_requests += 1;
+                    tracing::debug!(%publisher, ?kind, why, "keyframe requested");
+                }
                 Err(e) => tracing::debug!(%e, "PLI not sent"),
             }
         }
@@ -1046,7 +1050,11 @@ impl Sfu {
                         if let Side::Subscriber { by_track_id, .. } = &peer.side {
                             if codecs::is_keyframe_request(&packets) {
                                 if let Some(t) = by_track_id.get(&track_id) {
-                                    keyframe_wanted.push((t.publisher.clone(), t.kind));
+                                    keyframe_wanted.push((
+                                        t.publisher.clone(),
+                                        t.kind,
+                                        "a subscriber's PLI or FIR",
+                                    ));
                                 }
                             }
                             nacked.extend(codecs::nacked(&packets));
@@ -1088,7 +1096,11 @@ impl Sfu {
                 for (publisher, slots) in legs {
                     for (leg, kind) in slots.iter().zip(ALL_KINDS) {
                         if kind != MediaKind::Audio && leg.as_ref().is_some_and(|l| l.negotiated) {
-                            keyframe_wanted.push((publisher.clone(), kind));
+                            keyframe_wanted.push((
+                                publisher.clone(),
+                                kind,
+                                "a subscriber connected",
+                            ));
                         }
                     }
                 }
@@ -1097,8 +1109,8 @@ impl Sfu {
         for (track_id, packet) in inbound {
             self.forward(now, id, &participant, &track_id, packet);
         }
-        for (publisher, kind) in keyframe_wanted {
-            self.request_keyframe(now, &publisher, kind);
+        for (publisher, kind, why) in keyframe_wanted {
+            self.request_keyframe(now, &publisher, kind, why);
         }
         for (media_ssrc, seqs) in nacked {
             self.retransmit(now, id, media_ssrc, &seqs);
