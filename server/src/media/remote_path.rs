@@ -17,6 +17,12 @@
 //!   that does not renominate is still followed, and a check on a backup pair does not
 //!   pull the media away from a path that works.
 //!
+//! What this does not defend against: an attacker on the path who replays a captured
+//! nominating check from another address pulls the media there (still SRTP-encrypted, so
+//! unreadable) until the client's next check, about 2.5 s later, pulls it back. An attacker
+//! on the path can drop the media anyway; one off the path cannot produce a check that
+//! `rtc` answers.
+//!
 //! The connection's liveness lives here too, because `rtc`'s own ICE timeouts watch only
 //! the first address (they are switched off in `sfu.rs`): a connection from whose current
 //! address nothing has arrived for the silence limit is over.
