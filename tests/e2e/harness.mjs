@@ -1,7 +1,8 @@
 // Shared pieces of the browser end-to-end tests: the binary and browser to use, free ports,
 // starting and stopping `wardlink serve`, polling, and reading getStats from a page.
 
-import { createWriteStream, mkdirSync } from 'node:fs';
+import { createWriteStream, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { spawn } from 'node:child_process';
@@ -89,6 +90,28 @@ export function healthz(port) {
       resolve(false);
     });
   });
+}
+
+/** A fresh work directory (named `prefix`…) holding `wardlink.toml` for a server on free
+ *  127.0.0.1 ports, its data directory inside; `extra` config lines are appended. */
+export async function prepareServer(prefix, extra = [], logLevel = 'info,wardlink=debug') {
+  const work = mkdtempSync(path.join(tmpdir(), prefix));
+  const port = await freePort('tcp');
+  const mediaPort = await freePort('udp');
+  const configPath = path.join(work, 'wardlink.toml');
+  writeFileSync(
+    configPath,
+    [
+      `listen = "127.0.0.1:${port}"`,
+      `media_port = ${mediaPort}`,
+      `media_bind = "127.0.0.1"`,
+      `data_dir = ${JSON.stringify(path.join(work, 'data'))}`,
+      `log_level = "${logLevel}"`,
+      ...extra,
+      '',
+    ].join('\n'),
+  );
+  return { work, port, mediaPort, configPath };
 }
 
 /** Starts `wardlink serve` and keeps the last lines of its log for failure messages. */

@@ -10,8 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -22,7 +21,7 @@ import {
   artifacts,
   clickJoin,
   eventually,
-  freePort,
+  prepareServer,
   healthz,
   inboundStats,
   screenshotAll,
@@ -54,22 +53,7 @@ test('Chromium keeps its call when the NAT gives it new ports', { timeout: 180_0
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} does not exist: apt-get install chromium (tests/run-all.sh does)`);
   mkdirSync(artifacts, { recursive: true });
 
-  const work = mkdtempSync(path.join(tmpdir(), 'wardlink-e2e-nat-'));
-  const port = await freePort('tcp');
-  const mediaPort = await freePort('udp');
-  const configPath = path.join(work, 'wardlink.toml');
-  writeFileSync(
-    configPath,
-    [
-      `listen = "127.0.0.1:${port}"`,
-      `media_port = ${mediaPort}`,
-      `media_bind = "127.0.0.1"`,
-      `public_ip = "${OUTSIDE_IP}"`,
-      `data_dir = ${JSON.stringify(path.join(work, 'data'))}`,
-      `log_level = "info"`,
-      '',
-    ].join('\n'),
-  );
+  const { work, port, mediaPort, configPath } = await prepareServer('wardlink-e2e-nat-', [`public_ip = "${OUTSIDE_IP}"`], 'info');
 
   const server = startServer(configPath, path.join(artifacts, 'server-rebinding.log'));
   const nat = await startNat(OUTSIDE_IP, mediaPort);

@@ -14,8 +14,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import https from 'node:https';
 import { chromium } from 'playwright-core';
@@ -27,7 +26,7 @@ import {
   artifacts,
   clickJoin,
   eventually,
-  freePort,
+  prepareServer,
   healthz,
   inboundStats,
   screenshotAll,
@@ -130,21 +129,7 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} does not exist: apt-get install chromium (tests/run-all.sh does)`);
   mkdirSync(artifacts, { recursive: true });
 
-  const work = mkdtempSync(path.join(tmpdir(), 'wardlink-e2e-staff-'));
-  const port = await freePort('tcp');
-  const mediaPort = await freePort('udp');
-  const configPath = path.join(work, 'wardlink.toml');
-  writeFileSync(
-    configPath,
-    [
-      `listen = "127.0.0.1:${port}"`,
-      `media_port = ${mediaPort}`,
-      `media_bind = "127.0.0.1"`,
-      `data_dir = ${JSON.stringify(path.join(work, 'data'))}`,
-      `log_level = "info,wardlink=debug"`,
-      '',
-    ].join('\n'),
-  );
+  const { work, port, configPath } = await prepareServer('wardlink-e2e-staff-');
   const cli = (args, env = {}) =>
     execFileSync(BIN, ['--config', configPath, ...args], {
       encoding: 'utf8',

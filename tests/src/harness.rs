@@ -8,6 +8,7 @@ use std::sync::Once;
 use anyhow::Context;
 use wardlink::config::Config;
 use wardlink::links::RoomLinks;
+use wardlink::media::sfu::SfuStats;
 use wardlink::server::RunningServer;
 use wardlink_signaling::Role;
 
@@ -121,6 +122,16 @@ impl TestServer {
         self.server
             .as_ref()
             .expect("server is running until shutdown")
+    }
+
+    /// The media plane's counters, and how many peer connections it holds.
+    pub async fn media_stats(&self) -> anyhow::Result<(SfuStats, usize)> {
+        self.server()
+            .state()
+            .rooms
+            .media_stats()
+            .await
+            .context("the media plane did not answer for its statistics")
     }
 
     /// Signs join links for a new conference.

@@ -71,17 +71,6 @@ async fn conference(
     })
 }
 
-async fn media_stats(server: &TestServer) -> anyhow::Result<wardlink::media::sfu::SfuStats> {
-    let (stats, _) = server
-        .server()
-        .state()
-        .rooms
-        .media_stats()
-        .await
-        .context("media statistics")?;
-    Ok(stats)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn media_follows_clients_whose_nat_gives_them_new_ports() -> anyhow::Result<()> {
     let Conference {
@@ -96,7 +85,7 @@ async fn media_follows_clients_whose_nat_gives_them_new_ports() -> anyhow::Resul
         "two connections per participant went through the NAT, got {}",
         nat.client_count()
     );
-    let before = media_stats(&server).await?;
+    let before = server.media_stats().await?.0;
     ensure!(before.path_moves == 0, "nobody moved yet: {before:?}");
 
     let moved = nat.rebind().await?;
@@ -136,7 +125,7 @@ async fn media_follows_clients_whose_nat_gives_them_new_ports() -> anyhow::Resul
         .await?;
     wait_receiving_each_other(&[&nurse, &caremgr, &surveyor], 20, 20, WAIT).await?;
 
-    let after = media_stats(&server).await?;
+    let after = server.media_stats().await?.0;
     ensure!(
         after.path_moves == 4,
         "each of the four connections followed its client once: {after:?}"
@@ -174,7 +163,7 @@ async fn a_client_whose_link_goes_dark_is_told_to_reconnect_after_the_silence_li
     } = conference(|c| c.media_silence_secs = LIMIT_SECS).await?;
     // Media flowing for longer than the limit tears nothing down.
     tokio::time::sleep(Duration::from_secs(LIMIT_SECS + 2)).await;
-    let steady = media_stats(&server).await?;
+    let steady = server.media_stats().await?.0;
     ensure!(steady.silence_teardowns == 0, "{steady:?}");
 
     nat.set_blackhole(true);
@@ -193,7 +182,7 @@ async fn a_client_whose_link_goes_dark_is_told_to_reconnect_after_the_silence_li
         waited >= Duration::from_millis(LIMIT_SECS * 1000 - 200),
         "torn down after {waited:?}, before the limit"
     );
-    let after = media_stats(&server).await?;
+    let after = server.media_stats().await?.0;
     ensure!(after.silence_teardowns >= 2, "{after:?}");
     nurse.shutdown().await;
     caremgr.shutdown().await;

@@ -226,13 +226,7 @@ async fn conference(server: TestServer) -> anyhow::Result<()> {
     // Forwarded RTP is encrypted by the SFU itself once a subscriber connection's keys are
     // proven on a packet `rtc` encrypted (see server/src/media/direct_srtp.rs): each of the
     // three subscriber connections sends at most a few packets through `rtc` first.
-    let (stats, _) = server
-        .server()
-        .state()
-        .rooms
-        .media_stats()
-        .await
-        .context("media stats")?;
+    let (stats, _) = server.media_stats().await?;
     ensure!(
         stats.direct > 0 && stats.forwarded - stats.direct <= 9,
         "forwarded packets not on the direct SRTP path: {stats:?}"
