@@ -22,7 +22,7 @@ import {
   clickJoin,
   eventually,
   prepareServer,
-  healthz,
+  waitHealthy,
   inboundStats,
   senderReportStats,
   screenshotAll,
@@ -103,10 +103,7 @@ test('three people confer in Chromium; the surveyor leaves and rejoins', { timeo
 
   const pages = {};
   try {
-    await eventually('the server to answer /healthz', 20_000, async () => {
-      if (server.exitInfo()) throw new Error(`server exited: ${JSON.stringify(server.exitInfo())}`);
-      return healthz(port);
-    });
+    await waitHealthy(server, port);
 
     const out = execFileSync(BIN, ['--config', configPath, 'room', 'create', '--title', 'E2E', '--json'], {
       encoding: 'utf8',

@@ -114,6 +114,15 @@ export async function prepareServer(prefix, extra = [], logLevel = 'info,wardlin
   return { work, port, mediaPort, configPath };
 }
 
+/** Waits until `server` (from `startServer`) answers /healthz on `port`; fails at once if
+ *  it exited. */
+export async function waitHealthy(server, port) {
+  await eventually('the server to answer /healthz', 20_000, async () => {
+    if (server.exitInfo()) throw new Error(`server exited: ${JSON.stringify(server.exitInfo())}`);
+    return healthz(port);
+  });
+}
+
 /** Starts `wardlink serve` and keeps the last lines of its log for failure messages. */
 export function startServer(configPath, logPath) {
   const child = spawn(BIN, ['serve', '--config', configPath], {

@@ -22,7 +22,7 @@ import {
   clickJoin,
   eventually,
   prepareServer,
-  healthz,
+  waitHealthy,
   inboundStats,
   screenshotAll,
   startNat,
@@ -67,10 +67,7 @@ test('Chromium keeps its call when the NAT gives it new ports', { timeout: 180_0
 
   const pages = {};
   try {
-    await eventually('the server to answer /healthz', 20_000, async () => {
-      if (server.exitInfo()) throw new Error(`server exited: ${JSON.stringify(server.exitInfo())}`);
-      return healthz(port);
-    });
+    await waitHealthy(server, port);
     const out = execFileSync(BIN, ['--config', configPath, 'room', 'create', '--title', 'NAT', '--json'], {
       encoding: 'utf8',
     });

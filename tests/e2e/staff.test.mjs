@@ -27,7 +27,7 @@ import {
   clickJoin,
   eventually,
   prepareServer,
-  healthz,
+  waitHealthy,
   inboundStats,
   screenshotAll,
   sleep,
@@ -171,10 +171,7 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
   };
 
   try {
-    await eventually('the server to answer /healthz', 20_000, async () => {
-      if (server.exitInfo()) throw new Error(`server exited: ${JSON.stringify(server.exitInfo())}`);
-      return healthz(port);
-    });
+    await waitHealthy(server, port);
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
 
     // ---- Sign in: password, then TOTP enrolment with a code computed here.
