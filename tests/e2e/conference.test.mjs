@@ -9,7 +9,6 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -20,6 +19,7 @@ import {
   CHROMIUM_ARGS,
   artifacts,
   clickJoin,
+  createRoom,
   eventually,
   prepareServer,
   waitHealthy,
@@ -105,15 +105,7 @@ test('three people confer in Chromium; the surveyor leaves and rejoins', { timeo
   try {
     await waitHealthy(server, port);
 
-    const out = execFileSync(BIN, ['--config', configPath, 'room', 'create', '--title', 'E2E', '--json'], {
-      encoding: 'utf8',
-    });
-    const room = JSON.parse(out);
-    const linkFor = (role) => {
-      const link = room.links?.find((l) => l.role === role);
-      assert.ok(link, `room create --json has no ${role} link: ${out}`);
-      return link.url;
-    };
+    const linkFor = createRoom(configPath, 'E2E');
 
     // A plain launch runs on a fresh temporary profile (user-data-dir) that Playwright deletes
     // on close; each context below is isolated like a separate browser.

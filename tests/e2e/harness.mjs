@@ -5,7 +5,7 @@ import { createWriteStream, mkdirSync, mkdtempSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import net from 'node:net';
 import dgram from 'node:dgram';
 import https from 'node:https';
@@ -121,6 +121,20 @@ export async function waitHealthy(server, port) {
     if (server.exitInfo()) throw new Error(`server exited: ${JSON.stringify(server.exitInfo())}`);
     return healthz(port);
   });
+}
+
+/** Creates a conference with `wardlink room create --json` on the server configured by
+ *  `configPath`, and returns a function giving the join link of a role. */
+export function createRoom(configPath, title) {
+  const out = execFileSync(BIN, ['--config', configPath, 'room', 'create', '--title', title, '--json'], {
+    encoding: 'utf8',
+  });
+  const room = JSON.parse(out);
+  return (role) => {
+    const link = room.links?.find((l) => l.role === role);
+    if (!link) throw new Error(`room create --json has no ${role} link: ${out}`);
+    return link.url;
+  };
 }
 
 /** Starts `wardlink serve` and keeps the last lines of its log for failure messages. */

@@ -9,7 +9,6 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -20,6 +19,7 @@ import {
   CHROMIUM_ARGS,
   artifacts,
   clickJoin,
+  createRoom,
   eventually,
   prepareServer,
   waitHealthy,
@@ -68,11 +68,7 @@ test('Chromium keeps its call when the NAT gives it new ports', { timeout: 180_0
   const pages = {};
   try {
     await waitHealthy(server, port);
-    const out = execFileSync(BIN, ['--config', configPath, 'room', 'create', '--title', 'NAT', '--json'], {
-      encoding: 'utf8',
-    });
-    const room = JSON.parse(out);
-    const linkFor = (role) => room.links.find((l) => l.role === role).url;
+    const linkFor = createRoom(configPath, 'NAT');
 
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
     for (const [name, role] of [
