@@ -649,6 +649,9 @@ fn send_due(pc: &mut RTCPeerConnection, s: &mut Sender, clock: &Clock, window: &
         s.next_video += s.plan.video_interval;
     }
     release_paced(pc, s, now, clock, window);
+    s.counters
+        .paced_backlog
+        .store(s.paced.len() as u64, Ordering::Relaxed);
     // Far behind (the generator was starved): skip ahead instead of bursting, and let
     // the lag histogram tell.
     if s.next_audio + Duration::from_millis(200) < now {

@@ -70,6 +70,24 @@ pub struct PublisherCounters {
     pub keyframe_requests: AtomicU64,
     /// How late the generator sent packets versus their schedule, µs (generator health).
     pub lag_us: Mutex<Histogram>,
+    /// Video packets waiting in the publisher's pacer after its last send. A generator
+    /// starved while hundreds of subscribers join builds a backlog here that then drains
+    /// at the pacing rate, well above the video bitrate.
+    pub paced_backlog: AtomicU64,
+}
+
+/// At most this many video packets (about one keyframe) waiting in every publisher's pacer
+/// before the window opens: the window then measures the plan's steady rate, not the
+/// catch-up of a generator that fell behind during setup.
+pub const SETTLED_BACKLOG: u64 = 30;
+
+/// The largest pacer backlog among `publishers`.
+pub fn max_paced_backlog(publishers: &[std::sync::Arc<PublisherCounters>]) -> u64 {
+    publishers
+        .iter()
+        .map(|c| c.paced_backlog.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0)
 }
 
 impl PublisherCounters {

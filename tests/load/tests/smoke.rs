@@ -8,6 +8,7 @@ use std::time::Duration;
 use wardlink_load::peer::MediaPlan;
 use wardlink_load::scenario::Report;
 use wardlink_load::scenario::{print_table, run, ScenarioConfig, Target};
+use wardlink_load::stats::SETTLED_BACKLOG;
 use wardlink_load::InProcessWardlink;
 
 /// One room, one publisher, two subscribers, 4 s measured after 1 s of warm-up.
@@ -54,6 +55,11 @@ async fn one_publisher_two_subscribers_lose_nothing() {
     assert_eq!(report.unexpected_packets, 0, "misrouted: {report:#?}");
     assert_eq!(report.failed_participants, 0, "{:?}", report.errors);
     assert_eq!(report.send_errors, 0);
+    assert!(
+        report.paced_backlog_at_start <= SETTLED_BACKLOG,
+        "the window opened with {} video packets queued in the pacer",
+        report.paced_backlog_at_start
+    );
     assert!(report.latency.count as u64 >= report.received_packets);
     assert!(
         report.latency.p99_us < 500_000,
