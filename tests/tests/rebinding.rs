@@ -6,6 +6,8 @@
 //!   reaches a publisher at its new port, and nobody is asked to reconnect.
 //! - When the link goes dark, the server tears the connections down after its silence limit
 //!   and tells the client to reconnect, and not while media flows.
+//! - A few seconds of outage that end on new ports (the router's mobile link came back)
+//!   ride through: no teardown, no reconnect, media resumes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -184,6 +186,57 @@ async fn a_client_whose_link_goes_dark_is_told_to_reconnect_after_the_silence_li
     );
     let after = server.media_stats().await?.0;
     ensure!(after.silence_teardowns >= 2, "{after:?}");
+    nurse.shutdown().await;
+    caremgr.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// A pocket Wi-Fi router losing its mobile link for a few seconds and coming back on a new
+/// port: nothing is torn down, and media resumes both ways at the new ports without a
+/// reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_short_outage_ending_on_new_ports_rides_through() -> anyhow::Result<()> {
+    const OUTAGE: Duration = Duration::from_secs(6);
+    let Conference {
+        server,
+        nat,
+        nurse,
+        caremgr,
+        ..
+    } = conference(|_| {}).await?;
+    nat.set_blackhole(true);
+    tokio::time::sleep(OUTAGE).await;
+    nat.rebind().await?;
+    nat.set_blackhole(false);
+    for (receiver, sender) in [(&caremgr, &nurse), (&nurse, &caremgr)] {
+        let from = vec![sender.id().to_owned()];
+        wait_growth(
+            receiver,
+            &from,
+            &counts(receiver, &from),
+            90,
+            WAIT,
+            "after the outage",
+        )
+        .await?;
+    }
+    let stats = server.media_stats().await?.0;
+    ensure!(
+        stats.silence_teardowns == 0 && stats.path_moves == 4,
+        "no teardown, each connection followed once: {stats:?}"
+    );
+    for p in [&nurse, &caremgr] {
+        p.observe(|o| {
+            ensure!(
+                o.reconnects.is_empty(),
+                "{}: the outage cost a reconnect: {}",
+                p.tag(),
+                o.summary()
+            );
+            Ok(())
+        })?;
+    }
     nurse.shutdown().await;
     caremgr.shutdown().await;
     server.shutdown().await;
