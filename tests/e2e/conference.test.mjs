@@ -15,6 +15,7 @@ import { chromium } from 'playwright-core';
 
 import {
   BIN,
+  admit,
   CHROMIUM,
   CHROMIUM_ARGS,
   artifacts,
@@ -63,22 +64,6 @@ async function waitTiles(name, page, count, timeoutMs = 30_000) {
   return eventually(`${name}: ${count} participant tiles`, timeoutMs, async () => {
     const ids = await tileIds(page);
     return { ok: ids.length === count, ids };
-  });
-}
-
-
-/** The guest on `guestPage` waits in the waiting room; the host admits exactly that
- *  participant (by id) from the lobby; the guest reaches the conference view. */
-async function admit(hostPage, guestName, guestPage) {
-  const waiting = await eventually(`${guestName} in the waiting room`, 20_000, async () => {
-    const v = await guestPage.evaluate(() => ({ view: window.wardlink?.view, id: window.wardlink?.participantId }));
-    return { ok: v.view === 'waiting' && Boolean(v.id), ...v };
-  });
-  const entry = hostPage.locator(`[data-testid="lobby-entry"][data-participant-id="${waiting.id}"]`);
-  await entry.locator('[data-testid="admit-button"]').click({ timeout: 20_000 });
-  await eventually(`${guestName} admitted into the conference`, 20_000, async () => {
-    const view = await guestPage.evaluate(() => window.wardlink?.view);
-    return { ok: view === 'conference', view };
   });
 }
 

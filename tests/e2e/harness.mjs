@@ -300,3 +300,18 @@ export async function startNat(outsideIp, port) {
     },
   };
 }
+
+/** The guest on `guestPage` waits in the waiting room; the host admits exactly that
+ *  participant (by id) from the lobby; the guest reaches the conference view. */
+export async function admit(hostPage, guestName, guestPage) {
+  const waiting = await eventually(`${guestName} in the waiting room`, 20_000, async () => {
+    const v = await guestPage.evaluate(() => ({ view: window.wardlink?.view, id: window.wardlink?.participantId }));
+    return { ok: v.view === 'waiting' && Boolean(v.id), ...v };
+  });
+  const entry = hostPage.locator(`[data-testid="lobby-entry"][data-participant-id="${waiting.id}"]`);
+  await entry.locator('[data-testid="admit-button"]').click({ timeout: 20_000 });
+  await eventually(`${guestName} admitted into the conference`, 20_000, async () => {
+    const view = await guestPage.evaluate(() => window.wardlink?.view);
+    return { ok: view === 'conference', view };
+  });
+}

@@ -15,6 +15,7 @@ import { chromium } from 'playwright-core';
 
 import {
   BIN,
+  admit,
   CHROMIUM,
   CHROMIUM_ARGS,
   artifacts,
@@ -86,13 +87,7 @@ test('Chromium keeps its call when the NAT gives it new ports', { timeout: 180_0
       await clickJoin(page);
       pages[name] = page;
     }
-    const waiting = await eventually('the care manager in the waiting room', 20_000, async () => {
-      const v = await pages.caremanager.evaluate(() => ({ view: window.wardlink?.view, id: window.wardlink?.participantId }));
-      return { ok: v.view === 'waiting' && Boolean(v.id), ...v };
-    });
-    await pages.nurse
-      .locator(`[data-testid="lobby-entry"][data-participant-id="${waiting.id}"] [data-testid="admit-button"]`)
-      .click({ timeout: 20_000 });
+    await admit(pages.nurse, 'the care manager', pages.caremanager);
     for (const [name, page] of Object.entries(pages)) await mediaGrowing(name, page, 30_000);
     // Chromium may check a connection from more than one local candidate; each address it
     // used has a mapping of its own.

@@ -73,6 +73,32 @@ async fn conference(
     })
 }
 
+/// Waits until each of `a` and `b` has 90 more packets of each kind from the other: about
+/// 3 s of video, far more than was in flight when the path changed.
+async fn media_resumes(a: &Participant, b: &Participant, what: &str) -> anyhow::Result<()> {
+    for (receiver, sender) in [(b, a), (a, b)] {
+        let from = vec![sender.id().to_owned()];
+        wait_growth(receiver, &from, &counts(receiver, &from), 90, WAIT, what).await?;
+    }
+    Ok(())
+}
+
+/// Fails if any of `people` was told to reconnect (`what` cost it one).
+fn no_reconnects(people: &[&Participant], what: &str) -> anyhow::Result<()> {
+    for p in people {
+        p.observe(|o| {
+            ensure!(
+                o.reconnects.is_empty(),
+                "{}: {what} cost a reconnect: {}",
+                p.tag(),
+                o.summary()
+            );
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn media_follows_clients_whose_nat_gives_them_new_ports() -> anyhow::Result<()> {
     let Conference {
@@ -93,19 +119,7 @@ async fn media_follows_clients_whose_nat_gives_them_new_ports() -> anyhow::Resul
     let moved = nat.rebind().await?;
     ensure!(moved.len() == 4, "every mapping moved: {moved:?}");
     let rebound = Instant::now();
-    // 90 packets of each kind: about 3 s of video, far more than was in flight.
-    for (receiver, sender) in [(&caremgr, &nurse), (&nurse, &caremgr)] {
-        let from = vec![sender.id().to_owned()];
-        wait_growth(
-            receiver,
-            &from,
-            &counts(receiver, &from),
-            90,
-            WAIT,
-            "after the NAT moved everyone",
-        )
-        .await?;
-    }
+    media_resumes(&nurse, &caremgr, "after the NAT moved everyone").await?;
     let recovered = rebound.elapsed();
 
     // A newcomer makes the server ask the publishers for a keyframe: RTCP reaches the host
@@ -133,17 +147,7 @@ async fn media_follows_clients_whose_nat_gives_them_new_ports() -> anyhow::Resul
         "each of the four connections followed its client once: {after:?}"
     );
     ensure!(after.silence_teardowns == 0, "{after:?}");
-    for p in [&nurse, &caremgr] {
-        p.observe(|o| {
-            ensure!(
-                o.reconnects.is_empty(),
-                "{}: the move cost a reconnect: {}",
-                p.tag(),
-                o.summary()
-            );
-            Ok(())
-        })?;
-    }
+    no_reconnects(&[&nurse, &caremgr], "the move")?;
     println!("media flowed again {recovered:?} after the NAT moved every client");
     for p in [nurse, caremgr, surveyor] {
         p.shutdown().await;
@@ -209,34 +213,13 @@ async fn a_short_outage_ending_on_new_ports_rides_through() -> anyhow::Result<()
     tokio::time::sleep(OUTAGE).await;
     nat.rebind().await?;
     nat.set_blackhole(false);
-    for (receiver, sender) in [(&caremgr, &nurse), (&nurse, &caremgr)] {
-        let from = vec![sender.id().to_owned()];
-        wait_growth(
-            receiver,
-            &from,
-            &counts(receiver, &from),
-            90,
-            WAIT,
-            "after the outage",
-        )
-        .await?;
-    }
+    media_resumes(&nurse, &caremgr, "after the outage").await?;
     let stats = server.media_stats().await?.0;
     ensure!(
         stats.silence_teardowns == 0 && stats.path_moves == 4,
         "no teardown, each connection followed once: {stats:?}"
     );
-    for p in [&nurse, &caremgr] {
-        p.observe(|o| {
-            ensure!(
-                o.reconnects.is_empty(),
-                "{}: the outage cost a reconnect: {}",
-                p.tag(),
-                o.summary()
-            );
-            Ok(())
-        })?;
-    }
+    no_reconnects(&[&nurse, &caremgr], "the outage")?;
     nurse.shutdown().await;
     caremgr.shutdown().await;
     server.shutdown().await;

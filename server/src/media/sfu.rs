@@ -408,25 +408,23 @@ impl Sfu {
             }
             self.process_peer(now, id);
         }
-        let stalled: Vec<PeerId> = self
+        // Connections that never came up (connect watchdog) or whose client went silent.
+        let over: Vec<(PeerId, bool)> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.connected && p.connect_deadline.is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
+            .filter_map(|(id, p)| {
+                let stalled = !p.connected && p.connect_deadline.is_some_and(|d| d <= now);
+                (stalled || p.path.is_gone(now)).then_some((*id, stalled))
+            })
             .collect();
-        for id in stalled {
-            self.stats.connect_timeouts += 1;
-            self.fail_peer(id, "the connection did not come up in time");
-        }
-        let silent: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.path.is_gone(now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in silent {
-            self.stats.silence_teardowns += 1;
-            self.fail_peer(id, "nothing arrived from the client for the silence limit");
+        for (id, stalled) in over {
+            if stalled {
+                self.stats.connect_timeouts += 1;
+                self.fail_peer(id, "the connection did not come up in time");
+            } else {
+                self.stats.silence_teardowns += 1;
+                self.fail_peer(id, "nothing arrived from the client for the silence limit");
+            }
         }
     }
 
