@@ -25,6 +25,7 @@ import {
   prepareServer,
   waitHealthy,
   inboundStats,
+  newPage,
   senderReportStats,
   screenshotAll,
   startServer,
@@ -101,13 +102,7 @@ test('three people confer in Chromium; the surveyor leaves and rejoins', { timeo
       ['caremanager', 'care_manager'],
       ['surveyor', 'surveyor'],
     ]) {
-      const context = await browser.newContext({
-        ignoreHTTPSErrors: true,
-        permissions: ['camera', 'microphone'],
-        viewport: { width: 1024, height: 720 },
-        locale: 'ja-JP',
-      });
-      const page = await context.newPage();
+      const page = await newPage(browser);
       page.on('console', (msg) => {
         if (msg.type() === 'error') consoleErrors.push(`${name}: ${msg.text()}`);
       });

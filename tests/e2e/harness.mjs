@@ -315,3 +315,17 @@ export async function admit(hostPage, guestName, guestPage) {
     return { ok: view === 'conference', view };
   });
 }
+
+/** A page in a context of its own (isolated like a separate browser): a Japanese tablet-sized
+ *  window with camera and microphone allowed and the self-signed certificate accepted;
+ *  `options` override those. */
+export async function newPage(browser, options = {}) {
+  const context = await browser.newContext({
+    ignoreHTTPSErrors: true,
+    permissions: ['camera', 'microphone'],
+    viewport: { width: 1024, height: 720 },
+    locale: 'ja-JP',
+    ...options,
+  });
+  return context.newPage();
+}

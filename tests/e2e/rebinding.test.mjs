@@ -25,6 +25,7 @@ import {
   prepareServer,
   waitHealthy,
   inboundStats,
+  newPage,
   screenshotAll,
   startNat,
   startServer,
@@ -76,13 +77,7 @@ test('Chromium keeps its call when the NAT gives it new ports', { timeout: 180_0
       ['nurse', 'host'],
       ['caremanager', 'care_manager'],
     ]) {
-      const context = await browser.newContext({
-        ignoreHTTPSErrors: true,
-        permissions: ['camera', 'microphone'],
-        viewport: { width: 1024, height: 720 },
-        locale: 'ja-JP',
-      });
-      const page = await context.newPage();
+      const page = await newPage(browser);
       await page.goto(linkFor(role));
       await clickJoin(page);
       pages[name] = page;

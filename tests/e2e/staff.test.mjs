@@ -29,6 +29,7 @@ import {
   prepareServer,
   waitHealthy,
   inboundStats,
+  newPage,
   screenshotAll,
   sleep,
   startServer,
@@ -153,15 +154,8 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
   });
 
   const pages = {};
-  const newPage = async (name, options = {}) => {
-    const context = await browser.newContext({
-      ignoreHTTPSErrors: true,
-      permissions: ['camera', 'microphone'],
-      viewport: { width: 1024, height: 720 },
-      locale: 'ja-JP',
-      ...options,
-    });
-    const page = await context.newPage();
+  const openPage = async (name, options = {}) => {
+    const page = await newPage(browser, options);
     page.on('console', (msg) => {
       if (msg.type() === 'error') consoleErrors.push(`${name}: ${msg.text()}`);
     });
@@ -175,7 +169,7 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
 
     // ---- Sign in: password, then TOTP enrolment with a code computed here.
-    const staff = await newPage('staff');
+    const staff = await openPage('staff');
     await staff.goto(`https://127.0.0.1:${port}/staff`);
     await staff.locator('[data-testid="login-username"]').fill(USERNAME);
     await staff.locator('[data-testid="login-password"]').fill(PASSWORD);
@@ -243,7 +237,7 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
     await screenshotAll({ staff }, 'staff-2-created');
 
     // ---- The nurse opens her host link; the guests open theirs and wait.
-    const nurse = await newPage('nurse');
+    const nurse = await openPage('nurse');
     await nurse.goto(hostLink);
     await clickJoin(nurse);
     await eventually('the nurse in the conference', 20_000, async () => {
@@ -256,7 +250,7 @@ test('staff sign in with TOTP, schedule, admit one guest and deny another; the a
       ['caremanager', caremanagerLink],
       ['family', familyLink],
     ]) {
-      const page = await newPage(name);
+      const page = await openPage(name);
       await page.goto(url);
       await clickJoin(page);
       guests[name] = await eventually(`${name} in the waiting room`, 20_000, async () => {
