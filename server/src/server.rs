@@ -72,9 +72,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             config.advertised_media_ip()
         );
     }
-    let media = crate::media::start(&config).context("cannot start the media plane")?;
-    let media_addr = media.local_addr;
     let store = crate::store::Store::open(&config.data_dir)?;
+    let idle_store = store.clone();
+    let reclaimer = crate::memory::Reclaimer::start(Box::new(move || idle_store.release_cache()))?;
+    let media = crate::media::start(&config, reclaimer).context("cannot start the media plane")?;
+    let media_addr = media.local_addr;
     let audit = crate::audit::Audit::open(
         store.clone(),
         &config.data_dir,

@@ -157,7 +157,10 @@ fn bind_media_socket(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
 /// scheduler and could wake a second worker; on a current-thread tokio runtime of its own
 /// (sessions 2-5) each one still went through the runtime's task and waker machinery. It
 /// also keeps HTTP, TLS and the audit log from ever delaying a packet.
-pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
+pub fn start(
+    config: &crate::config::Config,
+    reclaimer: crate::memory::Reclaimer,
+) -> anyhow::Result<MediaHandle> {
     let socket = bind_media_socket(config.media_bind_addr())?;
     let local_addr = socket.local_addr()?;
     let advertised_addr = SocketAddr::new(config.advertised_media_ip(), local_addr.port());
@@ -185,7 +188,7 @@ pub fn start(config: &crate::config::Config) -> anyhow::Result<MediaHandle> {
             // Made here: its reusable system-call buffers hold raw pointers, so it stays on
             // the thread that uses them.
             let sender = Sender::new(&socket, gso);
-            run(poll, socket, sfu, rx, sender);
+            run(poll, socket, sfu, rx, sender, reclaimer);
             drop(loop_waker);
         })?;
     tracing::info!(%local_addr, %advertised_addr, "media plane listening (UDP)");
@@ -291,6 +294,7 @@ fn run(
     mut sfu: Sfu,
     rx: mpsc::Receiver<Request>,
     mut sender: Sender,
+    reclaimer: crate::memory::Reclaimer,
 ) {
     let fd = socket.as_raw_fd();
     let mut events = Events::with_capacity(4);
@@ -388,15 +392,10 @@ fn run(
         }
         if now >= next_trim_check {
             let peers = sfu.peer_count();
-            if peers < peers_at_last_check {
-                // malloc_trim takes milliseconds on a large heap and holds allocator
-                // locks: never on this thread. Rare (at most every TRIM_CHECK).
-                let spawned = std::thread::Builder::new()
-                    .name("heap-trim".into())
-                    .spawn(crate::memory::release_free_heap);
-                if let Err(e) = spawned {
-                    tracing::debug!(%e, "no thread to return freed heap");
-                }
+            // malloc_trim takes milliseconds on a large heap and holds allocator locks:
+            // never on this thread. Rare (at most every TRIM_CHECK).
+            if let Some(what) = crate::memory::Reclaim::after(peers_at_last_check, peers) {
+                reclaimer.request(what);
             }
             peers_at_last_check = peers;
             next_trim_check = now + TRIM_CHECK;
