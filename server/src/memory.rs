@@ -9,6 +9,14 @@
 //! back from the kernel. When the last connection closes, caches that refill on demand
 //! (the store's page cache) are dropped first, so an idle server is back at its resting
 //! size.
+//!
+//! What a trim cannot return is memory held in glibc's per-thread caches (tcache): freed
+//! chunks a thread keeps for its own next allocation, which pin the pages they sit in.
+//! There is no call to empty them; they can only be turned off when the process starts,
+//! with `GLIBC_TUNABLES=glibc.malloc.tcache_count=0`, which `deploy/wardlink.service` and
+//! the container set. With it the leak check's resident memory returned to its baseline,
+//! and the forwarding benchmarks showed no CPU cost (tests/results/performance.md,
+//! session 11).
 
 /// Allocator arenas the process may use. glibc's default (8 per core) gives each thread
 /// that ever allocated under contention an arena of its own, and free memory scattered

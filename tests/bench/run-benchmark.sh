@@ -37,6 +37,10 @@
 #         250 cycles and after (LEAK_CYCLES, LEAK_WARMUP and LEAK_CHECKPOINT_EVERY override
 #         the counts).
 #
+# wardlink runs with the environment its deploy/ files give it: GLIBC_TUNABLES from
+# deploy/wardlink.service (WL_GLIBC_TUNABLES overrides it; set it empty for glibc's
+# defaults). Janus runs as Debian ships it.
+#
 # Needs: cargo, janus (apt-get install -y janus), a C compiler (for Janus's loopback shim).
 set -euo pipefail
 
@@ -74,6 +78,9 @@ LOAD="$root/target/release/wardlink-load"
 command -v janus >/dev/null || { echo "janus is not installed (apt-get install -y janus)" >&2; exit 1; }
 
 WL_MAX_ROOM=${WL_MAX_ROOM:-500}
+# The deployed setting, read from the unit so that the two cannot drift apart.
+deployed_tunables=$(sed -n 's/^Environment=GLIBC_TUNABLES=//p' "$root/deploy/wardlink.service")
+WL_GLIBC_TUNABLES=${WL_GLIBC_TUNABLES-$deployed_tunables}
 WL_PORT=18443
 WL_MEDIA=18444
 JANUS_PORT=18188
@@ -110,7 +117,8 @@ joins_per_minute_per_ip = 1000000
 max_conferences = 1000
 EOF
   for _ in $(seq 1 50); do free_port "$WL_PORT" && break; sleep 0.2; done
-  setsid "$WARDLINK" --config "$work/wardlink.toml" serve </dev/null >"$work/server.log" 2>&1 &
+  setsid env ${WL_GLIBC_TUNABLES:+GLIBC_TUNABLES=$WL_GLIBC_TUNABLES} "$WARDLINK" --config "$work/wardlink.toml" serve \
+    </dev/null >"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 200); do
     if ! kill -0 "$server_pid" 2>/dev/null; then
@@ -196,6 +204,7 @@ has() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
   uname -srm
   janus --version 2>/dev/null | head -1 || true
   echo "wardlink: $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?') $(cd "$root" && git status --porcelain 2>/dev/null | grep -q . && echo '(with uncommitted changes)')"
+  echo "wardlink environment: GLIBC_TUNABLES=${WL_GLIBC_TUNABLES:-(unset)}"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "command: $0 --duration $duration --only \"$only\" --fanout \"$fanout\" --rooms \"$rooms4\" --rounds $rounds --load-args \"$load_args\""
 } >"$out/machine.txt"
