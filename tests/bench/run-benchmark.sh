@@ -79,8 +79,14 @@ command -v janus >/dev/null || { echo "janus is not installed (apt-get install -
 
 WL_MAX_ROOM=${WL_MAX_ROOM:-500}
 # The deployed setting, read from the unit so that the two cannot drift apart.
-deployed_tunables=$(sed -n 's/^Environment=GLIBC_TUNABLES=//p' "$root/deploy/wardlink.service")
+deployed_tunables=$(sed -n 's/^Environment=GLIBC_TUNABLES=//p' "$root/deploy/wardlink.service" | head -n1)
+if [ -z "${WL_GLIBC_TUNABLES+set}" ] && [ -z "$deployed_tunables" ]; then
+  echo "no Environment=GLIBC_TUNABLES=… line in deploy/wardlink.service; set WL_GLIBC_TUNABLES" >&2
+  exit 2
+fi
 WL_GLIBC_TUNABLES=${WL_GLIBC_TUNABLES-$deployed_tunables}
+# Nothing else inherits one from the caller: Janus and the generator run with glibc's defaults.
+unset GLIBC_TUNABLES
 WL_PORT=18443
 WL_MEDIA=18444
 JANUS_PORT=18188
@@ -117,7 +123,7 @@ joins_per_minute_per_ip = 1000000
 max_conferences = 1000
 EOF
   for _ in $(seq 1 50); do free_port "$WL_PORT" && break; sleep 0.2; done
-  setsid env ${WL_GLIBC_TUNABLES:+GLIBC_TUNABLES=$WL_GLIBC_TUNABLES} "$WARDLINK" --config "$work/wardlink.toml" serve \
+  setsid env ${WL_GLIBC_TUNABLES:+"GLIBC_TUNABLES=$WL_GLIBC_TUNABLES"} "$WARDLINK" --config "$work/wardlink.toml" serve \
     </dev/null >"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 200); do
