@@ -161,7 +161,9 @@ impl Store {
     }
 
     /// Empties the page cache (SQLite's `shrink_memory`); it refills from the file on
-    /// demand. Called when the server goes idle.
+    /// demand. Called when the server goes idle. The pages of the cache's first bulk
+    /// allocation (SQLite's `SQLITE_DEFAULT_PCACHE_INITSZ`, 20 pages) stay allocated for
+    /// reuse; the rest goes back to the allocator.
     pub fn release_cache(&self) {
         if let Err(e) = self.lock().execute_batch("PRAGMA shrink_memory") {
             tracing::debug!(%e, "cannot shrink the store's cache");

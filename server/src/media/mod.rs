@@ -33,7 +33,8 @@ use sfu::{Sfu, SfuConfig, SfuStats};
 /// `recvmmsg` calls per wake-up (each up to [`recv_batch::BATCH`] datagrams) before
 /// commands and timers get a turn.
 const READ_ROUNDS: usize = 2;
-/// How often the loop checks whether connections closed, to return freed heap.
+/// How often the loop checks whether connections closed, to have freed heap returned (and
+/// caches dropped once none is left; see [`crate::memory::Reclaim`]).
 const TRIM_CHECK: Duration = Duration::from_secs(2);
 /// When a send found the kernel buffer full and the socket could not be registered to
 /// wait for it to drain, how soon the loop tries again.
@@ -157,6 +158,9 @@ fn bind_media_socket(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
 /// scheduler and could wake a second worker; on a current-thread tokio runtime of its own
 /// (sessions 2-5) each one still went through the runtime's task and waker machinery. It
 /// also keeps HTTP, TLS and the audit log from ever delaying a packet.
+///
+/// The loop asks `reclaimer` to return memory as connections close (see
+/// [`crate::memory::Reclaim::after`]).
 pub fn start(
     config: &crate::config::Config,
     reclaimer: crate::memory::Reclaimer,

@@ -87,10 +87,11 @@ fn blocks(total: u64, every: u64) -> Vec<u64> {
 
 /// How long the server gets after a phase before RSS is read: it tears connections down
 /// on timers too, and returns freed heap on a 2 s check after connections close. Longer
-/// than tokio's 10 s keep-alive for idle blocking-pool threads, so the threads the phase
-/// used have exited at every reading: a thread's exit runs libc code that nothing else
+/// than tokio's 10 s keep-alive for idle blocking-pool threads, so that the threads the
+/// phase used have exited by the reading (as long as the server gives its blocking pool
+/// no work in the pause's first 2 s): a thread's exit runs libc code that nothing else
 /// runs, and the first exits mapped about 180 KiB more of libc's pages (file-backed RSS),
-/// which a 5 s pause left to fall either side of a reading.
+/// which a 5 s pause left to fall either side of a reading (session 11).
 const SETTLE: Duration = Duration::from_secs(12);
 
 /// A host that stays in the leak-check room publishing, so every cycle also gets (and
