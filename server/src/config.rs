@@ -149,7 +149,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             public_url: None,
             connect_timeout_secs: 10,
-            media_silence_secs: 30,
+            media_silence_secs: crate::media::sfu::DEFAULT_SILENCE_LIMIT.as_secs(),
             media_gso: true,
             link_valid_hours: 24,
             max_participants_per_room: 16,

@@ -74,7 +74,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     }
     let store = crate::store::Store::open(&config.data_dir)?;
     let idle_store = store.clone();
-    let reclaimer = crate::memory::Reclaimer::start(Box::new(move || idle_store.release_cache()))?;
+    let reclaimer = crate::memory::Reclaimer::start(Box::new(move || idle_store.release_cache()))
+        .context("cannot start the reclaim thread")?;
     let media = crate::media::start(&config, reclaimer).context("cannot start the media plane")?;
     let media_addr = media.local_addr;
     let audit = crate::audit::Audit::open(
