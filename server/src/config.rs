@@ -48,6 +48,10 @@ pub struct Config {
     /// and device allow it; off sends one datagram per system call. On by default: it
     /// falls back by itself where GSO is refused.
     pub media_gso: bool,
+    /// `SCHED_FIFO` priority (1..=99) the media threads ask for while they fan out widely
+    /// (see `media/realtime.rs`); 0 never asks. Needs `CAP_SYS_NICE` or `LimitRTPRIO=`; without
+    /// either the threads stay at normal priority.
+    pub media_realtime_priority: u8,
     /// Hours a newly created join link stays valid.
     pub link_valid_hours: u64,
     /// Most participants one conference admits.
@@ -151,6 +155,7 @@ impl Default for Config {
             connect_timeout_secs: 10,
             media_silence_secs: crate::media::sfu::DEFAULT_SILENCE_LIMIT.as_secs(),
             media_gso: true,
+            media_realtime_priority: 1,
             link_valid_hours: 24,
             max_participants_per_room: 16,
             security: SecurityConfig::default(),
@@ -271,6 +276,12 @@ impl Config {
             bail!(
                 "media_silence_secs must be 2..=600, got {}",
                 self.media_silence_secs
+            );
+        }
+        if self.media_realtime_priority > 99 {
+            bail!(
+                "media_realtime_priority must be 0..=99 (0: never real-time), got {}",
+                self.media_realtime_priority
             );
         }
         if self.link_valid_hours == 0 || self.link_valid_hours > MAX_LINK_VALID_HOURS {
@@ -416,6 +427,7 @@ mod tests {
             connect_timeout_secs = 15
             link_valid_hours = 48
             max_participants_per_room = 8
+            media_realtime_priority = 0
             "#,
         )
         .unwrap();
@@ -435,6 +447,7 @@ mod tests {
         );
         assert_eq!(c.base_url(), "https://conf.example.jp");
         assert_eq!(c.max_participants_per_room, 8);
+        assert_eq!(c.media_realtime_priority, 0);
         // Serialising and parsing again gives the same config (used by `--print-config`-like tooling).
         assert_eq!(
             Config::from_toml_str(&toml::to_string(&c).unwrap()).unwrap(),
@@ -528,6 +541,7 @@ mod tests {
             "link_valid_hours = 100000",
             "max_participants_per_room = 1",
             "data_dir = \"\"",
+            "media_realtime_priority = 100",
         ];
         for text in bad {
             let c = Config::from_toml_str(text).unwrap();

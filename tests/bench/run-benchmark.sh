@@ -39,7 +39,8 @@
 #
 # wardlink runs with the environment its deploy/ files give it: GLIBC_TUNABLES from
 # deploy/wardlink.service (WL_GLIBC_TUNABLES overrides it; set it empty for glibc's
-# defaults). Janus runs as Debian ships it.
+# defaults), and media_realtime_priority = the unit's LimitRTPRIO (WL_RTPRIO overrides it;
+# empty or 0 keeps the media threads at normal priority). Janus runs as Debian ships it.
 #
 # Needs: cargo, janus (apt-get install -y janus), a C compiler (for Janus's loopback shim).
 set -euo pipefail
@@ -87,6 +88,10 @@ fi
 WL_GLIBC_TUNABLES=${WL_GLIBC_TUNABLES-$deployed_tunables}
 # Nothing else inherits one from the caller: Janus and the generator run with glibc's defaults.
 unset GLIBC_TUNABLES
+# The real-time priority the unit grants (LimitRTPRIO=) is what the media threads ask for.
+deployed_rtprio=$(sed -n 's/^LimitRTPRIO=//p' "$root/deploy/wardlink.service" | head -n1)
+WL_RTPRIO=${WL_RTPRIO-$deployed_rtprio}
+WL_RTPRIO=${WL_RTPRIO:-0}
 WL_PORT=18443
 WL_MEDIA=18444
 JANUS_PORT=18188
@@ -116,6 +121,7 @@ media_bind = "127.0.0.1"
 data_dir = "$work/data"
 log_level = "warn"
 max_participants_per_room = $WL_MAX_ROOM
+media_realtime_priority = $WL_RTPRIO
 
 [limits]
 # The generator joins everyone from 127.0.0.1.
@@ -170,6 +176,9 @@ run_case() {
     tail -5 "$work/load.log" >&2 || true
   fi
   stop_server
+  if [ "$target" = wardlink ] && grep -q 'stay at normal priority' "$work/server.log"; then
+    echo "!! $label: wardlink's media threads were refused real-time priority (see $work/server.log)" >&2
+  fi
   sleep 2 # let sockets in TIME_WAIT and the kernel settle between runs
 }
 
@@ -211,6 +220,7 @@ has() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
   janus --version 2>/dev/null | head -1 || true
   echo "wardlink: $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?') $(cd "$root" && git status --porcelain 2>/dev/null | grep -q . && echo '(with uncommitted changes)')"
   echo "wardlink environment: GLIBC_TUNABLES=${WL_GLIBC_TUNABLES:-(unset)}"
+  echo "wardlink media_realtime_priority: $WL_RTPRIO (runner uid $(id -u); without CAP_SYS_NICE it needs RLIMIT_RTPRIO >= it: $(ulimit -r))"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "command: $0 --duration $duration --only \"$only\" --fanout \"$fanout\" --rooms \"$rooms4\" --rounds $rounds --load-args \"$load_args\""
 } >"$out/machine.txt"

@@ -9,14 +9,15 @@ pub mod demux;
 pub mod direct_srtp;
 pub mod forwarder;
 pub mod gso;
+pub mod realtime;
 pub mod recv_batch;
 pub mod remote_path;
 pub mod send_batch;
+pub mod send_lanes;
 pub mod sfu;
 pub mod srtp_sender;
 pub mod timer_slack;
 
-use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::{mpsc, Arc};
@@ -186,12 +187,13 @@ pub fn start(
     let loop_waker = waker.clone();
     let (tx, rx) = mpsc::channel();
     let gso = config.media_gso;
+    let realtime = config.media_realtime_priority;
     std::thread::Builder::new()
         .name("media".into())
         .spawn(move || {
             // Made here: its reusable system-call buffers hold raw pointers, so it stays on
             // the thread that uses them.
-            let sender = Sender::new(&socket, gso);
+            let sender = Sender::new(&socket, gso, realtime);
             run(poll, socket, sfu, rx, sender, reclaimer);
             drop(loop_waker);
         })?;
@@ -206,83 +208,113 @@ pub fn start(
     })
 }
 
-/// Hands the SFU's datagrams to the kernel: many peers per `sendmmsg` (see
-/// [`send_batch`]), and runs of equal-sized datagrams to one peer as one GSO message where
-/// possible (see [`gso`]).
+/// Hands the SFU's datagrams to the kernel on the media thread's [`send_lanes::Lane`], and
+/// while the fan-out is large ([`send_lanes::FanoutMode`]) half of the destinations on a
+/// second thread, with both at real-time priority where allowed.
 struct Sender {
     gso: bool,
-    /// Datagrams taken from the SFU and not yet accepted by the kernel, in order.
-    queue: VecDeque<sfu::Transmit>,
-    /// Datagrams per message for the next call (reused).
-    runs: Vec<usize>,
-    batch: send_batch::SendBatch,
+    /// The media thread's own datagrams, in order.
+    lane: send_lanes::Lane,
+    mode: send_lanes::FanoutMode,
+    /// Started at the first large flush, if the machine has a second core.
+    helper: Option<send_lanes::Helper>,
+    /// Whether a helper may still be started (not on one core, not after a failed start).
+    helper_possible: bool,
+    /// `media_realtime_priority` (0 = never real-time).
+    realtime: u8,
+    priority: realtime::ThreadPriority,
+    /// Datagrams dropped because the helper's backlog was full (logged as it grows).
+    helper_drops: u64,
 }
 
 impl Sender {
-    fn new(socket: &UdpSocket, want_gso: bool) -> Self {
+    fn new(socket: &UdpSocket, want_gso: bool, realtime: u8) -> Self {
         let gso = want_gso && gso::supported(socket);
-        tracing::info!(gso, "media send path");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tracing::info!(gso, cores, realtime, "media send path");
         Sender {
             gso,
-            queue: VecDeque::new(),
-            runs: Vec::with_capacity(send_batch::MESSAGES),
-            batch: send_batch::SendBatch::default(),
+            lane: send_lanes::Lane::new(gso),
+            mode: send_lanes::FanoutMode::default(),
+            helper: None,
+            helper_possible: cores >= 2,
+            realtime,
+            priority: realtime::ThreadPriority::new(realtime),
+            helper_drops: 0,
         }
     }
 
     /// Sends until the SFU has nothing left or the kernel buffer is full. Returns whether
     /// it stopped on a full buffer; what is left waits here and in per-peer outboxes.
-    fn flush(&mut self, socket: &UdpSocket, sfu: &mut Sfu) -> bool {
-        loop {
+    fn flush(&mut self, socket: &UdpSocket, sfu: &mut Sfu, now: Instant) -> bool {
+        let mut flushed = 0;
+        let blocked = loop {
             // Enough for one full call; the SFU hands out one peer's outbox at a time, so
-            // a peer's datagrams are adjacent and can form a GSO run.
-            while self.queue.len() < send_batch::DATAGRAMS {
-                match sfu.poll_transmit() {
-                    Some(t) => self.queue.push_back(t),
-                    None => break,
+            // a peer's datagrams are adjacent and can form a GSO run. The rest waits in the
+            // outboxes, which bound what a blocked socket can pile up.
+            let mut for_helper = Vec::new();
+            while self.lane.len() < send_batch::DATAGRAMS {
+                let Some(t) = sfu.poll_transmit() else { break };
+                flushed += 1;
+                match &self.helper {
+                    Some(_) if send_lanes::lane_of(&t.to) == send_lanes::LaneId::Helper => {
+                        for_helper.push(t)
+                    }
+                    _ => self.lane.push(t),
                 }
             }
-            if self.queue.is_empty() {
-                return false;
+            self.hand_to_helper(for_helper);
+            if self.lane.is_empty() {
+                break false;
             }
-            let queue = self.queue.make_contiguous();
-            self.runs.clear();
-            let mut at = 0;
-            while at < queue.len() && self.runs.len() < send_batch::MESSAGES {
-                let run = if self.gso {
-                    let to = queue[at].to;
-                    gso::next_run(
-                        queue[at..]
-                            .iter()
-                            .take_while(|t| t.to == to)
-                            .map(|t| t.payload.len()),
-                    )
-                } else {
-                    1
-                };
-                self.runs.push(run);
-                at += run;
+            if self.lane.send(socket).blocked {
+                break true;
             }
-            match self.batch.send(socket, queue, &self.runs) {
-                // The kernel takes at least one message or fails; should it ever take none,
-                // wait for writability rather than spin.
-                Ok(0) => return true,
-                Ok(messages) => {
-                    let sent: usize = self.runs[..messages.min(self.runs.len())].iter().sum();
-                    self.queue.drain(..sent);
+        };
+        let idle = self.helper.as_ref().is_none_or(|h| h.is_idle());
+        match self.mode.observe(now, flushed, idle) {
+            Some(send_lanes::ModeChange::On) => {
+                self.priority.raise("media");
+                if self.helper.is_none() && self.helper_possible {
+                    match send_lanes::Helper::spawn(socket, self.gso, self.realtime) {
+                        Ok(helper) => {
+                            tracing::info!("large fan-out: sending from two threads");
+                            self.helper = Some(helper);
+                            // What is still queued for the helper's lane goes first, in order.
+                            let waiting = self.lane.take_lane(send_lanes::LaneId::Helper);
+                            self.hand_to_helper(waiting);
+                        }
+                        Err(e) => {
+                            self.helper_possible = false;
+                            tracing::warn!(%e, "cannot start the second media send thread");
+                        }
+                    }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-                Err(e) if self.runs[0] > 1 && gso::is_unsupported(&e) => {
-                    // Resent one by one on the next pass, and from now on.
-                    tracing::warn!(%e, "UDP GSO refused; sending one datagram per message");
-                    self.gso = false;
+            }
+            Some(send_lanes::ModeChange::Off) => {
+                self.priority.lower("media");
+                // The helper is idle (the mode's condition), so nothing can overtake.
+                if self.helper.take().is_some() {
+                    tracing::info!("fan-out calm: sending from one thread");
                 }
-                Err(e) => {
-                    // Like a lost packet: the peer's own recovery (NACK, ICE) deals with it.
-                    tracing::debug!(to = %queue[0].to, %e, "send failed");
-                    let run = self.runs[0];
-                    self.queue.drain(..run);
-                }
+            }
+            None => {}
+        }
+        blocked
+    }
+
+    fn hand_to_helper(&mut self, batch: Vec<sfu::Transmit>) {
+        let Some(helper) = &self.helper else { return };
+        let dropped = helper.hand(batch);
+        if dropped > 0 {
+            // Logged at each power of two, so a long backlog does not flood the log.
+            let before = self.helper_drops;
+            self.helper_drops += dropped as u64;
+            if before.leading_zeros() != self.helper_drops.leading_zeros() {
+                tracing::warn!(
+                    total = self.helper_drops,
+                    "second media send thread behind; datagrams dropped"
+                );
             }
         }
     }
@@ -312,7 +344,7 @@ fn run(
     let mut next_trim_check = Instant::now() + TRIM_CHECK;
     let mut peers_at_last_check = 0;
     loop {
-        let blocked = sender.flush(&socket, &mut sfu);
+        let blocked = sender.flush(&socket, &mut sfu, Instant::now());
         if blocked != watching_writes {
             let interest = if blocked {
                 Interest::READABLE | Interest::WRITABLE

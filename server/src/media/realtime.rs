@@ -1,0 +1,214 @@
+//! Real-time scheduling for the threads that send a large fan-out.
+//!
+//! One packet of a lecture-like conference goes out to hundreds of subscribers: about 5 µs
+//! of CPU per leg, so milliseconds per packet. Under the normal policy any thread woken
+//! meanwhile (on the benchmark machine, the load generator's receivers woken by those very
+//! sends; in a deployment, the database, a backup, coturn) may take the core in the middle of
+//! it, and every leg not yet sent waits. In hand runs at 1 → 450 on 2 cores
+//! (tests/results/performance.md, session 12) the media thread was switched out
+//! involuntarily 35,000-48,000 times per run under the normal policy and 260-460 times
+//! under `SCHED_FIFO`.
+//!
+//! A `SCHED_FIFO` thread is never preempted by a normal one. It needs `CAP_SYS_NICE` or an
+//! `RLIMIT_RTPRIO` of at least the priority asked for (`LimitRTPRIO=` in the systemd unit);
+//! without either the kernel refuses and the thread keeps the normal policy. The kernel
+//! still keeps a share of every core for normal threads (its fair-server reservation, or
+//! real-time throttling on older kernels), so HTTP, signaling and the audit log are never
+//! starved outright even when a fan-out beyond the machine's capacity keeps the media
+//! threads busy.
+//!
+//! `SCHED_RESET_ON_FORK` is set with it, so nothing a real-time thread starts inherits the
+//! policy.
+
+use std::io;
+
+/// A thread's scheduling, as the media plane sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The kernel's normal time-sharing policy.
+    Normal,
+    /// `SCHED_FIFO` at this priority (1..=99).
+    Fifo(u8),
+}
+
+/// Sets the calling thread's policy (Linux: `sched_setscheduler` on thread id 0).
+/// `PermissionDenied` when neither `CAP_SYS_NICE` nor `RLIMIT_RTPRIO` allows it.
+#[cfg(target_os = "linux")]
+pub fn set_current_thread(policy: Policy) -> io::Result<()> {
+    let (which, priority) = match policy {
+        Policy::Normal => (libc::SCHED_OTHER, 0),
+        Policy::Fifo(0) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "real-time priority 0",
+            ))
+        }
+        Policy::Fifo(p) => (libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, i32::from(p)),
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the duration of the call; pid 0 is the
+    // calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, which, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Other platforms: only the normal policy.
+#[cfg(not(target_os = "linux"))]
+pub fn set_current_thread(policy: Policy) -> io::Result<()> {
+    match policy {
+        Policy::Normal => Ok(()),
+        Policy::Fifo(_) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "real-time scheduling is only used on Linux",
+        )),
+    }
+}
+
+/// The calling thread's policy as the kernel reports it.
+#[cfg(target_os = "linux")]
+pub fn current_thread() -> io::Result<Policy> {
+    // SAFETY: no pointers; pid 0 is the calling thread.
+    let which = unsafe { libc::sched_getscheduler(0) };
+    if which < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if which & !libc::SCHED_RESET_ON_FORK == libc::SCHED_FIFO {
+        let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is valid for writes.
+        if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Policy::Fifo(
+            u8::try_from(param.sched_priority).unwrap_or(u8::MAX),
+        ))
+    } else {
+        Ok(Policy::Normal)
+    }
+}
+
+/// One thread's wish for real-time scheduling and what the kernel granted: asks once per
+/// change, and stops asking (with one log line) after a refusal, so a server without the
+/// permission does not pay a system call per mode change.
+#[derive(Debug)]
+pub struct ThreadPriority {
+    /// The priority configured (`media_realtime_priority`); 0 = never real-time.
+    wanted: u8,
+    /// What this thread runs at now.
+    current: Policy,
+    /// The kernel refused once; stay normal.
+    refused: bool,
+}
+
+impl ThreadPriority {
+    /// A thread at the normal policy that may be raised to `wanted` (0 = never).
+    pub fn new(wanted: u8) -> Self {
+        ThreadPriority {
+            wanted,
+            current: Policy::Normal,
+            refused: false,
+        }
+    }
+
+    /// What this thread runs at now.
+    pub fn current(&self) -> Policy {
+        self.current
+    }
+
+    /// Raises the calling thread to the configured real-time priority, if configured and
+    /// allowed; `thread` names it in the log.
+    pub fn raise(&mut self, thread: &str) {
+        if self.wanted == 0 || self.refused || self.current != Policy::Normal {
+            return;
+        }
+        let policy = Policy::Fifo(self.wanted);
+        match set_current_thread(policy) {
+            Ok(()) => {
+                self.current = policy;
+                tracing::debug!(thread, priority = self.wanted, "real-time scheduling on");
+            }
+            Err(e) => {
+                self.refused = true;
+                tracing::warn!(
+                    thread,
+                    %e,
+                    "media threads stay at normal priority (real-time scheduling needs \
+                     CAP_SYS_NICE or LimitRTPRIO; see deploy/README.md)"
+                );
+            }
+        }
+    }
+
+    /// Returns the calling thread to the normal policy.
+    pub fn lower(&mut self, thread: &str) {
+        if self.current == Policy::Normal {
+            return;
+        }
+        match set_current_thread(Policy::Normal) {
+            Ok(()) => {
+                self.current = Policy::Normal;
+                tracing::debug!(thread, "real-time scheduling off");
+            }
+            // Lowering one's own policy is always allowed; should it fail, stay as is.
+            Err(e) => tracing::warn!(thread, %e, "cannot return to normal scheduling"),
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_is_raised_and_lowered_or_refused_cleanly() {
+        // On its own thread: the test harness's threads must keep their policy.
+        std::thread::spawn(|| {
+            assert_eq!(current_thread().expect("policy"), Policy::Normal);
+            let mut priority = ThreadPriority::new(1);
+            priority.raise("test");
+            match priority.current() {
+                // Root, CAP_SYS_NICE or RLIMIT_RTPRIO >= 1: the kernel says so too.
+                Policy::Fifo(1) => {
+                    assert_eq!(current_thread().expect("policy"), Policy::Fifo(1));
+                    priority.lower("test");
+                    assert_eq!(priority.current(), Policy::Normal);
+                    assert_eq!(current_thread().expect("policy"), Policy::Normal);
+                }
+                // Refused: nothing changed, and it is not asked again.
+                Policy::Normal => {
+                    assert!(priority.refused);
+                    assert_eq!(current_thread().expect("policy"), Policy::Normal);
+                    let err = set_current_thread(Policy::Fifo(1)).expect_err("refused before");
+                    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+                }
+                other => panic!("unexpected policy {other:?}"),
+            }
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn priority_zero_never_asks() {
+        std::thread::spawn(|| {
+            let mut priority = ThreadPriority::new(0);
+            priority.raise("test");
+            assert_eq!(priority.current(), Policy::Normal);
+            assert!(!priority.refused);
+            assert_eq!(current_thread().expect("policy"), Policy::Normal);
+            assert_eq!(
+                set_current_thread(Policy::Fifo(0))
+                    .expect_err("invalid")
+                    .kind(),
+                io::ErrorKind::InvalidInput
+            );
+        })
+        .join()
+        .expect("thread");
+    }
+}

@@ -1,0 +1,482 @@
+//! Sending a large fan-out from two threads.
+//!
+//! Two thirds of a forwarded leg's cost is the kernel's UDP send path (on loopback it also
+//! delivers into the receiver's socket), and one packet of a lecture-like conference goes to
+//! hundreds of legs. One thread sending them all makes the last subscriber wait for the
+//! whole fan-out. While the server is fanning out widely ([`FanoutMode`]), datagrams to half
+//! of the destinations ([`lane_of`]) go to a second sending thread ([`Helper`]) with its own
+//! handle to the same socket, and both threads run at real-time priority where allowed
+//! (see [`super::realtime`]). Small conferences never wake the second thread.
+//!
+//! Order: a destination always hashes to the same lane, and the mode only turns off when
+//! the helper has nothing left to send, so one peer's datagrams never overtake each other.
+//!
+//! Earlier tries without real-time priority (sessions 5, 7 and 9 in
+//! tests/results/performance.md) left the second thread waiting for a core that the load
+//! generator held, and p99 did not move. With both threads at `SCHED_FIFO` it halved
+//! (session 12).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use super::realtime::ThreadPriority;
+use super::sfu::Transmit;
+use super::{gso, send_batch};
+
+/// Datagrams in one flush (what the SFU had ready after one wake-up's reads) from which the
+/// fan-out counts as large. About 0.3 ms of sending on the benchmark machine.
+pub const LARGE_FLUSH: usize = 64;
+/// How long after the last large flush the mode stays on, so a conference between two
+/// keyframes or a short pause does not flip it back and forth.
+pub const CALM_AFTER: Duration = Duration::from_secs(10);
+/// Most datagrams waiting for the helper; beyond it new ones for its lane are dropped
+/// (counted), as a full per-peer outbox drops. About 20 MB of video.
+pub const HELPER_BACKLOG_LIMIT: usize = 16_384;
+/// How long a lane whose send found the kernel buffer full waits for it to drain before
+/// trying again.
+const BLOCKED_WAIT_MS: i32 = 5;
+
+/// Which thread sends to a destination while the fan-out is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneId {
+    /// The media loop's own thread.
+    Media,
+    /// The helper thread.
+    Helper,
+}
+
+/// The lane of a destination: a fixed hash of its address and port, so a peer's datagrams
+/// all take one thread, and consecutive client ports spread evenly.
+pub fn lane_of(to: &SocketAddr) -> LaneId {
+    let ip = match to {
+        SocketAddr::V4(a) => u64::from(a.ip().to_bits()),
+        SocketAddr::V6(a) => {
+            let bits = a.ip().to_bits();
+            (bits as u64) ^ ((bits >> 64) as u64)
+        }
+    };
+    // Fibonacci hashing: the top bit of the product depends on every input bit.
+    let h = ((ip << 16) ^ u64::from(to.port())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    if h >> 63 == 0 {
+        LaneId::Media
+    } else {
+        LaneId::Helper
+    }
+}
+
+/// A change of [`FanoutMode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeChange {
+    /// A large flush: split sends and raise priority.
+    On,
+    /// [`CALM_AFTER`] without one, and the helper idle: back to one normal thread.
+    Off,
+}
+
+/// Whether the server is fanning out widely (pure; the media loop feeds it every flush).
+#[derive(Debug, Default)]
+pub struct FanoutMode {
+    /// When the last large flush was seen, while the mode is on.
+    last_large: Option<Instant>,
+}
+
+impl FanoutMode {
+    /// Whether the mode is on.
+    pub fn is_on(&self) -> bool {
+        self.last_large.is_some()
+    }
+
+    /// Notes one flush of `flushed` datagrams at `now`; `helper_idle` says the helper has
+    /// sent everything it was given. Returns the change, if any.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        flushed: usize,
+        helper_idle: bool,
+    ) -> Option<ModeChange> {
+        let large = flushed >= LARGE_FLUSH;
+        match self.last_large {
+            None if large => {
+                self.last_large = Some(now);
+                Some(ModeChange::On)
+            }
+            None => None,
+            Some(_) if large => {
+                self.last_large = Some(now);
+                None
+            }
+            Some(last) if helper_idle && now.saturating_duration_since(last) >= CALM_AFTER => {
+                self.last_large = None;
+                Some(ModeChange::Off)
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+/// How a [`Lane::send`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams taken off the queue: handed to the kernel, or dropped after an error the
+    /// peer's own recovery covers.
+    pub taken: usize,
+    /// Stopped because the kernel's send buffer was full; the rest is still queued.
+    pub blocked: bool,
+}
+
+/// Datagrams waiting for one thread's `sendmmsg`, in order, with the reusable system-call
+/// buffers: many peers per call (see [`send_batch`]), and runs of equal-sized datagrams to
+/// one peer as one GSO message where possible (see [`gso`]).
+pub struct Lane {
+    gso: bool,
+    queue: VecDeque<Transmit>,
+    /// Datagrams per message for the next call (reused).
+    runs: Vec<usize>,
+    batch: send_batch::SendBatch,
+}
+
+impl Lane {
+    /// An empty lane; `gso` whether to try UDP GSO.
+    pub fn new(gso: bool) -> Self {
+        Lane {
+            gso,
+            queue: VecDeque::new(),
+            runs: Vec::with_capacity(send_batch::MESSAGES),
+            batch: send_batch::SendBatch::default(),
+        }
+    }
+
+    /// Datagrams queued.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Queues one datagram behind the others.
+    pub fn push(&mut self, transmit: Transmit) {
+        self.queue.push_back(transmit);
+    }
+
+    /// Takes out, in order, the queued datagrams whose destination is in `lane`.
+    pub fn take_lane(&mut self, lane: LaneId) -> Vec<Transmit> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for t in self.queue.drain(..) {
+            if lane_of(&t.to) == lane {
+                taken.push(t);
+            } else {
+                kept.push_back(t);
+            }
+        }
+        self.queue = kept;
+        taken
+    }
+
+    /// Sends until the queue is empty or the kernel's buffer is full.
+    pub fn send(&mut self, socket: &UdpSocket) -> Sent {
+        let mut taken = 0;
+        loop {
+            if self.queue.is_empty() {
+                return Sent {
+                    taken,
+                    blocked: false,
+                };
+            }
+            let queue = self.queue.make_contiguous();
+            self.runs.clear();
+            let mut at = 0;
+            while at < queue.len()
+                && at < send_batch::DATAGRAMS
+                && self.runs.len() < send_batch::MESSAGES
+            {
+                let run = if self.gso {
+                    let to = queue[at].to;
+                    gso::next_run(
+                        queue[at..]
+                            .iter()
+                            .take_while(|t| t.to == to)
+                            .map(|t| t.payload.len()),
+                    )
+                } else {
+                    1
+                };
+                self.runs.push(run);
+                at += run;
+            }
+            match self.batch.send(socket, queue, &self.runs) {
+                // The kernel takes at least one message or fails; should it ever take none,
+                // wait for writability rather than spin.
+                Ok(0) => {
+                    return Sent {
+                        taken,
+                        blocked: true,
+                    }
+                }
+                Ok(messages) => {
+                    let sent: usize = self.runs[..messages.min(self.runs.len())].iter().sum();
+                    self.queue.drain(..sent);
+                    taken += sent;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Sent {
+                        taken,
+                        blocked: true,
+                    }
+                }
+                Err(e) if self.runs[0] > 1 && gso::is_unsupported(&e) => {
+                    // Resent one by one on the next pass, and from now on.
+                    tracing::warn!(%e, "UDP GSO refused; sending one datagram per message");
+                    self.gso = false;
+                }
+                Err(e) => {
+                    // Like a lost packet: the peer's own recovery (NACK, ICE) deals with it.
+                    tracing::debug!(to = %queue[0].to, %e, "send failed");
+                    let run = self.runs[0];
+                    self.queue.drain(..run);
+                    taken += run;
+                }
+            }
+        }
+    }
+}
+
+/// The second sending thread: takes batches of datagrams for its lane and sends them in
+/// order on its own handle to the media socket. Ends when this handle is dropped.
+pub struct Helper {
+    tx: mpsc::Sender<Vec<Transmit>>,
+    /// Datagrams handed over and not yet taken off its queue.
+    backlog: Arc<AtomicUsize>,
+}
+
+impl Helper {
+    /// Starts the thread; `priority` is the real-time priority it asks for (0 = none).
+    pub fn spawn(socket: &UdpSocket, gso: bool, priority: u8) -> io::Result<Helper> {
+        let socket = socket.try_clone()?;
+        let (tx, rx) = mpsc::channel::<Vec<Transmit>>();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let counter = backlog.clone();
+        std::thread::Builder::new()
+            .name("media-send".into())
+            .spawn(move || helper_loop(socket, rx, counter, gso, priority))?;
+        Ok(Helper { tx, backlog })
+    }
+
+    /// Whether everything handed over has been sent.
+    pub fn is_idle(&self) -> bool {
+        self.backlog.load(Ordering::Acquire) == 0
+    }
+
+    /// Hands over datagrams for its lane, in order. Returns how many were dropped instead,
+    /// because its backlog is full or the thread is gone.
+    pub fn hand(&self, batch: Vec<Transmit>) -> usize {
+        let n = batch.len();
+        if n == 0 {
+            return 0;
+        }
+        if self.backlog.load(Ordering::Acquire) + n > HELPER_BACKLOG_LIMIT {
+            return n;
+        }
+        self.backlog.fetch_add(n, Ordering::AcqRel);
+        if self.tx.send(batch).is_err() {
+            self.backlog.fetch_sub(n, Ordering::AcqRel);
+            return n;
+        }
+        0
+    }
+}
+
+fn helper_loop(
+    socket: UdpSocket,
+    rx: mpsc::Receiver<Vec<Transmit>>,
+    backlog: Arc<AtomicUsize>,
+    gso: bool,
+    priority: u8,
+) {
+    ThreadPriority::new(priority).raise("media-send");
+    let mut lane = Lane::new(gso);
+    while let Ok(first) = rx.recv() {
+        lane.queue.extend(first);
+        // Everything already waiting goes out in the same calls.
+        while let Ok(more) = rx.try_recv() {
+            lane.queue.extend(more);
+        }
+        while !lane.is_empty() {
+            let sent = lane.send(&socket);
+            backlog.fetch_sub(sent.taken, Ordering::AcqRel);
+            if sent.blocked {
+                wait_writable(&socket);
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until the socket can take more.
+fn wait_writable(socket: &UdpSocket) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, BLOCKED_WAIT_MS) };
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = socket;
+        std::thread::sleep(Duration::from_millis(BLOCKED_WAIT_MS as u64));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+
+    #[test]
+    fn consecutive_ports_spread_over_both_lanes() {
+        let helper = (20_000..21_000u16)
+            .filter(|&p| lane_of(&SocketAddr::from((Ipv4Addr::LOCALHOST, p))) == LaneId::Helper)
+            .count();
+        assert!(
+            (400..=600).contains(&helper),
+            "{helper} of 1000 to the helper"
+        );
+        let v6 = (20_000..21_000u16)
+            .filter(|&p| {
+                let a = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, p, 0, 0));
+                lane_of(&a) == LaneId::Helper
+            })
+            .count();
+        assert!(
+            (400..=600).contains(&v6),
+            "{v6} of 1000 to the helper (IPv6)"
+        );
+    }
+
+    #[test]
+    fn a_destination_keeps_its_lane() {
+        let a = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 7), 50_123));
+        let first = lane_of(&a);
+        assert!((0..100).all(|_| lane_of(&a) == first));
+    }
+
+    #[test]
+    fn mode_turns_on_at_a_large_flush_and_off_only_when_calm_and_idle() {
+        let t0 = Instant::now();
+        let mut mode = FanoutMode::default();
+        assert_eq!(mode.observe(t0, LARGE_FLUSH - 1, true), None);
+        assert!(!mode.is_on());
+        assert_eq!(mode.observe(t0, LARGE_FLUSH, true), Some(ModeChange::On));
+        assert!(mode.is_on());
+        // Small flushes meanwhile keep it on; a large one restarts the calm period.
+        let t5 = t0 + Duration::from_secs(5);
+        assert_eq!(mode.observe(t5, 3, true), None);
+        assert_eq!(mode.observe(t5, 450, true), None);
+        let calm = t5 + CALM_AFTER;
+        assert_eq!(mode.observe(calm - Duration::from_millis(1), 0, true), None);
+        // Calm, but the helper still has datagrams: their order needs it to stay on.
+        assert_eq!(mode.observe(calm, 0, false), None);
+        assert!(mode.is_on());
+        assert_eq!(mode.observe(calm, 0, true), Some(ModeChange::Off));
+        assert!(!mode.is_on());
+        assert_eq!(mode.observe(calm, 0, true), None);
+    }
+
+    fn transmit(to: SocketAddr, fill: u8, len: usize) -> Transmit {
+        Transmit {
+            to,
+            payload: BytesMut::from(&vec![fill; len][..]),
+        }
+    }
+
+    #[test]
+    fn taking_a_lane_keeps_both_orders() {
+        let mut lane = Lane::new(false);
+        let addrs: Vec<SocketAddr> = (30_000..30_040u16)
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+            .collect();
+        for round in 0..3u8 {
+            for (i, a) in addrs.iter().enumerate() {
+                lane.push(transmit(*a, round, 10 + i));
+            }
+        }
+        let helper = lane.take_lane(LaneId::Helper);
+        assert!(!helper.is_empty() && !lane.is_empty());
+        assert!(helper.iter().all(|t| lane_of(&t.to) == LaneId::Helper));
+        assert!(lane.queue.iter().all(|t| lane_of(&t.to) == LaneId::Media));
+        assert_eq!(helper.len() + lane.len(), 120);
+        // Per destination, rounds still in order on either side.
+        for part in [
+            helper.iter().collect::<Vec<_>>(),
+            lane.queue.iter().collect(),
+        ] {
+            for a in &addrs {
+                let rounds: Vec<u8> = part
+                    .iter()
+                    .filter(|t| t.to == *a)
+                    .map(|t| t.payload[0])
+                    .collect();
+                assert!(
+                    rounds.is_empty() || rounds == vec![0, 1, 2],
+                    "{a}: {rounds:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn helper_sends_its_batches_in_order_and_goes_idle() {
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let to = rx.local_addr().expect("addr");
+        let helper = Helper::spawn(&tx, true, 0).expect("spawn");
+        for batch in 0..4u8 {
+            let datagrams = (0..50u8)
+                .map(|i| transmit(to, batch * 50 + i, 300))
+                .collect();
+            assert_eq!(helper.hand(datagrams), 0);
+        }
+        let mut buf = [0u8; 2048];
+        for expected in 0..200u8 {
+            let n = rx.recv(&mut buf).expect("datagram");
+            assert_eq!(n, 300);
+            assert_eq!(buf[0], expected, "in the order handed over");
+            assert!(buf[..n].iter().all(|b| *b == expected), "intact");
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !helper.is_idle() {
+            assert!(Instant::now() < deadline, "backlog never drained");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_full_backlog_drops_instead_of_growing() {
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let helper = Helper::spawn(&tx, false, 0).expect("spawn");
+        // Pretend the thread is far behind.
+        helper
+            .backlog
+            .store(HELPER_BACKLOG_LIMIT, Ordering::Release);
+        let to = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
+        assert_eq!(
+            helper.hand(vec![transmit(to, 1, 10), transmit(to, 2, 10)]),
+            2
+        );
+        assert_eq!(helper.backlog.load(Ordering::Acquire), HELPER_BACKLOG_LIMIT);
+    }
+}
