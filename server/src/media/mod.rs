@@ -222,7 +222,9 @@ struct Sender {
     helper_possible: bool,
     /// `media_realtime_priority` (0 = never real-time).
     realtime: u8,
+    /// This thread's priority: real-time while the fan-out is large and the gate allows.
     priority: realtime::ThreadPriority,
+    gate: realtime::BusyGate,
     /// Datagrams dropped because the helper's backlog was full (logged as it grows).
     helper_drops: u64,
 }
@@ -240,6 +242,7 @@ impl Sender {
             helper_possible: cores >= 2,
             realtime,
             priority: realtime::ThreadPriority::new(realtime),
+            gate: realtime::BusyGate::default(),
             helper_drops: 0,
         }
     }
@@ -274,12 +277,12 @@ impl Sender {
         let idle = self.helper.as_ref().is_none_or(|h| h.is_idle());
         match self.mode.observe(now, flushed, idle) {
             Some(send_lanes::ModeChange::On) => {
-                self.priority.raise("media");
                 if self.helper.is_none() && self.helper_possible {
                     match send_lanes::Helper::spawn(socket, self.gso, self.realtime) {
                         Ok(helper) => {
                             tracing::info!("large fan-out: sending from two threads");
                             self.helper = Some(helper);
+                            self.apply_priority();
                             // What is still queued for the helper's lane goes first, in order.
                             let waiting = self.lane.take_lane(send_lanes::LaneId::Helper);
                             self.hand_to_helper(waiting);
@@ -292,15 +295,39 @@ impl Sender {
                 }
             }
             Some(send_lanes::ModeChange::Off) => {
-                self.priority.lower("media");
                 // The helper is idle (the mode's condition), so nothing can overtake.
                 if self.helper.take().is_some() {
                     tracing::info!("fan-out calm: sending from one thread");
                 }
             }
-            None => {}
+            None => return blocked,
         }
+        self.apply_priority();
         blocked
+    }
+
+    /// Notes how long the loop's last wake-up kept this thread busy, up to `now`.
+    fn note_busy(&mut self, now: Instant, busy: Duration) {
+        if let Some(allowed) = self.gate.account(now, busy) {
+            if self.mode.is_on() {
+                tracing::info!(allowed, "media threads' real-time priority by load");
+            }
+            self.apply_priority();
+        }
+    }
+
+    /// Real-time priority for both sending threads while the fan-out is large and the
+    /// media thread has headroom (see [`realtime::BusyGate`]).
+    fn apply_priority(&mut self) {
+        let on = self.mode.is_on() && self.gate.allows();
+        if on {
+            self.priority.raise("media");
+        } else {
+            self.priority.lower("media");
+        }
+        if let Some(helper) = &self.helper {
+            helper.set_realtime(on);
+        }
     }
 
     fn hand_to_helper(&mut self, batch: Vec<sfu::Transmit>) {
@@ -343,6 +370,8 @@ fn run(
     // After connections close, hand the heap they freed back to the kernel (see `memory`).
     let mut next_trim_check = Instant::now() + TRIM_CHECK;
     let mut peers_at_last_check = 0;
+    // When the current wake-up began, for the time the thread is busy (see `Sender::note_busy`).
+    let mut woke = Instant::now();
     loop {
         let blocked = sender.flush(&socket, &mut sfu, Instant::now());
         if blocked != watching_writes {
@@ -369,6 +398,8 @@ fn run(
         } else {
             wake_at.saturating_duration_since(Instant::now())
         };
+        let sleeping = Instant::now();
+        sender.note_busy(sleeping, sleeping.saturating_duration_since(woke));
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
@@ -386,6 +417,7 @@ fn run(
             }
         }
         let now = Instant::now();
+        woke = now;
         if requests {
             // Apply everything queued at once; rooms often send several together.
             loop {

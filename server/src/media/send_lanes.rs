@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -254,19 +254,36 @@ pub struct Helper {
     tx: mpsc::Sender<Vec<Transmit>>,
     /// Datagrams handed over and not yet taken off its queue.
     backlog: Arc<AtomicUsize>,
+    /// Whether it should run at real-time priority; it follows on its next batch.
+    realtime: Arc<AtomicBool>,
 }
 
 impl Helper {
-    /// Starts the thread; `priority` is the real-time priority it asks for (0 = none).
+    /// Starts the thread; `priority` is the real-time priority it asks for (0 = none)
+    /// while [`Helper::set_realtime`] says so.
     pub fn spawn(socket: &UdpSocket, gso: bool, priority: u8) -> io::Result<Helper> {
         let socket = socket.try_clone()?;
         let (tx, rx) = mpsc::channel::<Vec<Transmit>>();
         let backlog = Arc::new(AtomicUsize::new(0));
-        let counter = backlog.clone();
+        let realtime = Arc::new(AtomicBool::new(false));
+        let shared = Shared {
+            backlog: backlog.clone(),
+            realtime: realtime.clone(),
+        };
         std::thread::Builder::new()
             .name("media-send".into())
-            .spawn(move || helper_loop(socket, rx, counter, gso, priority))?;
-        Ok(Helper { tx, backlog })
+            .spawn(move || helper_loop(socket, rx, shared, gso, priority))?;
+        Ok(Helper {
+            tx,
+            backlog,
+            realtime,
+        })
+    }
+
+    /// Asks the thread to run at real-time priority, or not, from its next batch on (the
+    /// media thread's own priority follows the same rule).
+    pub fn set_realtime(&self, on: bool) {
+        self.realtime.store(on, Ordering::Release);
     }
 
     /// Whether everything handed over has been sent.
@@ -293,16 +310,28 @@ impl Helper {
     }
 }
 
+/// What the helper thread shares with its [`Helper`].
+struct Shared {
+    backlog: Arc<AtomicUsize>,
+    realtime: Arc<AtomicBool>,
+}
+
 fn helper_loop(
     socket: UdpSocket,
     rx: mpsc::Receiver<Vec<Transmit>>,
-    backlog: Arc<AtomicUsize>,
+    shared: Shared,
     gso: bool,
     priority: u8,
 ) {
-    ThreadPriority::new(priority).raise("media-send");
+    let mut thread_priority = ThreadPriority::new(priority);
+    let backlog = shared.backlog;
     let mut lane = Lane::new(gso);
     while let Ok(first) = rx.recv() {
+        if shared.realtime.load(Ordering::Acquire) {
+            thread_priority.raise("media-send");
+        } else {
+            thread_priority.lower("media-send");
+        }
         lane.queue.extend(first);
         // Everything already waiting goes out in the same calls.
         while let Ok(more) = rx.try_recv() {
