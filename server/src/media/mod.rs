@@ -220,13 +220,13 @@ struct Sender {
     helper: Option<send_lanes::Helper>,
     /// Whether a helper may still be started (not on one core, not after a failed start).
     helper_possible: bool,
-    /// `media_realtime_priority` (0 = never real-time).
-    realtime: u8,
     /// This thread's priority: real-time while the fan-out is large and the gate allows.
     priority: realtime::ThreadPriority,
     gate: realtime::BusyGate,
     /// Datagrams dropped because the helper's backlog was full (logged as it grows).
     helper_drops: u64,
+    /// Datagrams sent by helpers that have ended (see [`Sender::helper_sent`]).
+    helper_sent_before: u64,
 }
 
 impl Sender {
@@ -240,25 +240,40 @@ impl Sender {
             mode: send_lanes::FanoutMode::default(),
             helper: None,
             helper_possible: cores >= 2,
-            realtime,
             priority: realtime::ThreadPriority::new(realtime),
             gate: realtime::BusyGate::default(),
             helper_drops: 0,
+            helper_sent_before: 0,
         }
     }
 
     /// Sends until the SFU has nothing left or the kernel buffer is full. Returns whether
     /// it stopped on a full buffer; what is left waits here and in per-peer outboxes.
     fn flush(&mut self, socket: &UdpSocket, sfu: &mut Sfu, now: Instant) -> bool {
-        let mut flushed = 0;
-        let blocked = loop {
+        // Decided before sending, so the first packet of a large fan-out is split already.
+        let idle = self.helper.as_ref().is_none_or(|h| h.is_idle());
+        match self.mode.observe(now, sfu.take_widest_fanout(), idle) {
+            Some(send_lanes::ModeChange::On) => self.fan_out_widely(socket),
+            Some(send_lanes::ModeChange::Off) => {
+                // The helper is idle (the mode's condition), so nothing can overtake.
+                if let Some(helper) = self.helper.take() {
+                    self.helper_sent_before += helper.sent();
+                    tracing::info!("fan-out calm: sending from one thread");
+                }
+                self.apply_priority();
+            }
+            None => {}
+        }
+        loop {
             // Enough for one full call; the SFU hands out one peer's outbox at a time, so
             // a peer's datagrams are adjacent and can form a GSO run. The rest waits in the
-            // outboxes, which bound what a blocked socket can pile up.
+            // outboxes, which bound what a blocked socket can pile up; the helper's share
+            // is bounded the same way per pass, and by its backlog limit.
             let mut for_helper = Vec::new();
-            while self.lane.len() < send_batch::DATAGRAMS {
+            while self.lane.len() < send_batch::DATAGRAMS
+                && for_helper.len() < send_batch::DATAGRAMS
+            {
                 let Some(t) = sfu.poll_transmit() else { break };
-                flushed += 1;
                 match &self.helper {
                     Some(_) if send_lanes::lane_of(&t.to) == send_lanes::LaneId::Helper => {
                         for_helper.push(t)
@@ -266,44 +281,42 @@ impl Sender {
                     _ => self.lane.push(t),
                 }
             }
+            let handed = !for_helper.is_empty();
             self.hand_to_helper(for_helper);
             if self.lane.is_empty() {
-                break false;
+                if handed {
+                    continue;
+                }
+                return false;
             }
             if self.lane.send(socket).blocked {
-                break true;
+                return true;
             }
-        };
-        let idle = self.helper.as_ref().is_none_or(|h| h.is_idle());
-        match self.mode.observe(now, flushed, idle) {
-            Some(send_lanes::ModeChange::On) => {
-                if self.helper.is_none() && self.helper_possible {
-                    match send_lanes::Helper::spawn(socket, self.gso, self.realtime) {
-                        Ok(helper) => {
-                            tracing::info!("large fan-out: sending from two threads");
-                            self.helper = Some(helper);
-                            self.apply_priority();
-                            // What is still queued for the helper's lane goes first, in order.
-                            let waiting = self.lane.take_lane(send_lanes::LaneId::Helper);
-                            self.hand_to_helper(waiting);
-                        }
-                        Err(e) => {
-                            self.helper_possible = false;
-                            tracing::warn!(%e, "cannot start the second media send thread");
-                        }
-                    }
-                }
-            }
-            Some(send_lanes::ModeChange::Off) => {
-                // The helper is idle (the mode's condition), so nothing can overtake.
-                if self.helper.take().is_some() {
-                    tracing::info!("fan-out calm: sending from one thread");
-                }
-            }
-            None => return blocked,
         }
+    }
+
+    /// Large fan-out mode starts: real-time priority for this thread, and the second
+    /// sending thread.
+    fn fan_out_widely(&mut self, socket: &UdpSocket) {
+        // First, so that a refusal is known before the helper would ask too.
         self.apply_priority();
-        blocked
+        if self.helper.is_some() || !self.helper_possible {
+            return;
+        }
+        match send_lanes::Helper::spawn(socket, self.gso, self.priority.grantable()) {
+            Ok(helper) => {
+                tracing::info!("large fan-out: sending from two threads");
+                self.helper = Some(helper);
+                self.apply_priority();
+                // What is still queued for the helper's lane goes first, in order.
+                let waiting = self.lane.take_lane(send_lanes::LaneId::Helper);
+                self.hand_to_helper(waiting);
+            }
+            Err(e) => {
+                self.helper_possible = false;
+                tracing::warn!(%e, "cannot start the second media send thread");
+            }
+        }
     }
 
     /// Notes how long the loop's last wake-up kept this thread busy, up to `now`.
@@ -330,18 +343,36 @@ impl Sender {
         }
     }
 
+    /// Datagrams the second thread has sent, over every helper so far.
+    fn helper_sent(&self) -> u64 {
+        self.helper_sent_before + self.helper.as_ref().map_or(0, |h| h.sent())
+    }
+
     fn hand_to_helper(&mut self, batch: Vec<sfu::Transmit>) {
         let Some(helper) = &self.helper else { return };
-        let dropped = helper.hand(batch);
-        if dropped > 0 {
-            // Logged at each power of two, so a long backlog does not flood the log.
-            let before = self.helper_drops;
-            self.helper_drops += dropped as u64;
-            if before.leading_zeros() != self.helper_drops.leading_zeros() {
-                tracing::warn!(
-                    total = self.helper_drops,
-                    "second media send thread behind; datagrams dropped"
-                );
+        match helper.hand(batch) {
+            Ok(()) => {}
+            Err(send_lanes::Refused::Full(dropped)) => {
+                // Logged at each power of two, so a long backlog does not flood the log.
+                let before = self.helper_drops;
+                self.helper_drops += dropped as u64;
+                if before.leading_zeros() != self.helper_drops.leading_zeros() {
+                    tracing::warn!(
+                        total = self.helper_drops,
+                        "second media send thread behind; datagrams dropped"
+                    );
+                }
+            }
+            Err(send_lanes::Refused::Gone(batch)) => {
+                // Whatever it still held is lost; from now on this thread sends everything.
+                tracing::error!("the second media send thread ended; sending from one thread");
+                if let Some(helper) = self.helper.take() {
+                    self.helper_sent_before += helper.sent();
+                }
+                self.helper_possible = false;
+                for t in batch {
+                    self.lane.push(t);
+                }
             }
         }
     }
@@ -422,7 +453,7 @@ fn run(
             // Apply everything queued at once; rooms often send several together.
             loop {
                 match rx.try_recv() {
-                    Ok(request) => handle_request(&mut sfu, now, request),
+                    Ok(request) => handle_request(&mut sfu, &sender, now, request),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => return,
                 }
@@ -471,7 +502,7 @@ fn run(
     }
 }
 
-fn handle_request(sfu: &mut Sfu, now: Instant, request: Request) {
+fn handle_request(sfu: &mut Sfu, sender: &Sender, now: Instant, request: Request) {
     match request {
         Request::Attach {
             participant,
@@ -479,7 +510,10 @@ fn handle_request(sfu: &mut Sfu, now: Instant, request: Request) {
         } => sfu.attach(participant, events),
         Request::Command(command) => sfu.handle_command(now, command),
         Request::Stats(reply) => {
-            let _ = reply.send((sfu.stats(), sfu.peer_count()));
+            let mut stats = sfu.stats();
+            stats.helper_sent = sender.helper_sent();
+            stats.helper_drops = sender.helper_drops;
+            let _ = reply.send((stats, sfu.peer_count()));
         }
     }
 }

@@ -44,8 +44,10 @@ pub enum Policy {
 /// `PermissionDenied` when neither `CAP_SYS_NICE` nor `RLIMIT_RTPRIO` allows it.
 #[cfg(target_os = "linux")]
 pub fn set_current_thread(policy: Policy) -> io::Result<()> {
+    // The reset-on-fork flag stays on in both directions: clearing it once set needs
+    // CAP_SYS_NICE (sched(7)), which the systemd unit does not grant.
     let (which, priority) = match policy {
-        Policy::Normal => (libc::SCHED_OTHER, 0),
+        Policy::Normal => (libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, 0),
         Policy::Fifo(0) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -127,6 +129,16 @@ impl ThreadPriority {
     /// What this thread runs at now.
     pub fn current(&self) -> Policy {
         self.current
+    }
+
+    /// The priority another thread should ask for: the configured one, or 0 once this
+    /// thread was refused (it would be refused too).
+    pub fn grantable(&self) -> u8 {
+        if self.refused {
+            0
+        } else {
+            self.wanted
+        }
     }
 
     /// Raises the calling thread to the configured real-time priority, if configured and
@@ -299,6 +311,67 @@ mod tests {
                 }
                 other => panic!("unexpected policy {other:?}"),
             }
+        })
+        .join()
+        .expect("thread");
+    }
+
+    /// Drops `CAP_SYS_NICE` from the calling thread's effective set (capabilities are per
+    /// thread on Linux). Returns false if the thread cannot read its capabilities.
+    fn drop_sys_nice() -> bool {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        const CAP_SYS_NICE: u32 = 23;
+        let mut header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        // SAFETY: header and two data blocks as capget/capset (version 3) expect.
+        unsafe {
+            if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
+                return false;
+            }
+            data[0].effective &= !(1 << CAP_SYS_NICE);
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) == 0
+        }
+    }
+
+    #[test]
+    fn a_raised_thread_lowers_itself_without_cap_sys_nice() {
+        // The deployed case: raised under RLIMIT_RTPRIO, no CAP_SYS_NICE. Here the raise
+        // needs the capability (this machine's hard RLIMIT_RTPRIO may be 0), so the
+        // capability is dropped after it; lowering must not need it (clearing
+        // SCHED_RESET_ON_FORK would).
+        std::thread::spawn(|| {
+            let mut priority = ThreadPriority::new(1);
+            priority.raise("test");
+            if priority.current() != Policy::Fifo(1) {
+                eprintln!("not allowed to raise here; nothing to lower");
+                return;
+            }
+            assert!(drop_sys_nice(), "capset");
+            assert_eq!(
+                set_current_thread(Policy::Fifo(2))
+                    .expect_err("no capability, RLIMIT_RTPRIO below 2")
+                    .kind(),
+                io::ErrorKind::PermissionDenied,
+                "the capability is really gone"
+            );
+            priority.lower("test");
+            assert_eq!(priority.current(), Policy::Normal);
+            assert_eq!(current_thread().expect("policy"), Policy::Normal);
         })
         .join()
         .expect("thread");

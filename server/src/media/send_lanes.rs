@@ -3,13 +3,17 @@
 //! Two thirds of a forwarded leg's cost is the kernel's UDP send path (on loopback it also
 //! delivers into the receiver's socket), and one packet of a lecture-like conference goes to
 //! hundreds of legs. One thread sending them all makes the last subscriber wait for the
-//! whole fan-out. While the server is fanning out widely ([`FanoutMode`]), datagrams to half
-//! of the destinations ([`lane_of`]) go to a second sending thread ([`Helper`]) with its own
-//! handle to the same socket, and both threads run at real-time priority where allowed
-//! (see [`super::realtime`]). Small conferences never wake the second thread.
+//! whole fan-out. While the server is fanning out widely ([`FanoutMode`]: one packet to
+//! [`LARGE_FANOUT`] legs or more), datagrams to half of the destinations ([`lane_of`]) go to
+//! a second sending thread ([`Helper`]) with its own handle to the same socket, and both
+//! threads run at real-time priority where allowed (see [`super::realtime`]). Small
+//! conferences, however many, never start the second thread.
 //!
 //! Order: a destination always hashes to the same lane, and the mode only turns off when
-//! the helper has nothing left to send, so one peer's datagrams never overtake each other.
+//! the helper has nothing left to send, so datagrams to one address never overtake each
+//! other. A peer whose address changes mid-call (see [`super::remote_path`]) may switch
+//! lanes, so its first packets to the new address can overtake its last ones to the old
+//! address; those are a moved client's loss anyway.
 //!
 //! Earlier tries without real-time priority (sessions 5, 7 and 9 in
 //! tests/results/performance.md) left the second thread waiting for a core that the load
@@ -19,7 +23,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -27,9 +31,9 @@ use super::realtime::ThreadPriority;
 use super::sfu::Transmit;
 use super::{gso, send_batch};
 
-/// Datagrams in one flush (what the SFU had ready after one wake-up's reads) from which the
-/// fan-out counts as large. About 0.3 ms of sending on the benchmark machine.
-pub const LARGE_FLUSH: usize = 64;
+/// Subscriber legs of one forwarded packet from which the fan-out counts as large. About
+/// 0.3 ms of sending on the benchmark machine.
+pub const LARGE_FANOUT: usize = 64;
 /// How long after the last large flush the mode stays on, so a conference between two
 /// keyframes or a short pause does not flip it back and forth.
 pub const CALM_AFTER: Duration = Duration::from_secs(10);
@@ -71,16 +75,17 @@ pub fn lane_of(to: &SocketAddr) -> LaneId {
 /// A change of [`FanoutMode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModeChange {
-    /// A large flush: split sends and raise priority.
+    /// A large fan-out: split sends and raise priority.
     On,
     /// [`CALM_AFTER`] without one, and the helper idle: back to one normal thread.
     Off,
 }
 
-/// Whether the server is fanning out widely (pure; the media loop feeds it every flush).
+/// Whether the server is fanning out widely (pure; the media loop feeds it before every
+/// flush).
 #[derive(Debug, Default)]
 pub struct FanoutMode {
-    /// When the last large flush was seen, while the mode is on.
+    /// When the last large fan-out was seen, while the mode is on.
     last_large: Option<Instant>,
 }
 
@@ -90,15 +95,16 @@ impl FanoutMode {
         self.last_large.is_some()
     }
 
-    /// Notes one flush of `flushed` datagrams at `now`; `helper_idle` says the helper has
-    /// sent everything it was given. Returns the change, if any.
+    /// Notes that the widest packet forwarded since the last call went to `widest` legs;
+    /// `helper_idle` says the helper has sent everything it was given. Returns the change,
+    /// if any.
     pub fn observe(
         &mut self,
         now: Instant,
-        flushed: usize,
+        widest: usize,
         helper_idle: bool,
     ) -> Option<ModeChange> {
-        let large = flushed >= LARGE_FLUSH;
+        let large = widest >= LARGE_FANOUT;
         match self.last_large {
             None if large => {
                 self.last_large = Some(now);
@@ -124,6 +130,8 @@ pub struct Sent {
     /// Datagrams taken off the queue: handed to the kernel, or dropped after an error the
     /// peer's own recovery covers.
     pub taken: usize,
+    /// Of those, the ones the kernel accepted.
+    pub handed: usize,
     /// Stopped because the kernel's send buffer was full; the rest is still queued.
     pub blocked: bool,
 }
@@ -182,11 +190,12 @@ impl Lane {
 
     /// Sends until the queue is empty or the kernel's buffer is full.
     pub fn send(&mut self, socket: &UdpSocket) -> Sent {
-        let mut taken = 0;
+        let (mut taken, mut handed) = (0, 0);
         loop {
             if self.queue.is_empty() {
                 return Sent {
                     taken,
+                    handed,
                     blocked: false,
                 };
             }
@@ -217,6 +226,7 @@ impl Lane {
                 Ok(0) => {
                     return Sent {
                         taken,
+                        handed,
                         blocked: true,
                     }
                 }
@@ -224,10 +234,12 @@ impl Lane {
                     let sent: usize = self.runs[..messages.min(self.runs.len())].iter().sum();
                     self.queue.drain(..sent);
                     taken += sent;
+                    handed += sent;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Sent {
                         taken,
+                        handed,
                         blocked: true,
                     }
                 }
@@ -248,6 +260,16 @@ impl Lane {
     }
 }
 
+/// Why [`Helper::hand`] did not take a batch.
+#[derive(Debug)]
+pub enum Refused {
+    /// Its backlog is at [`HELPER_BACKLOG_LIMIT`]: this many datagrams were dropped.
+    Full(usize),
+    /// The thread has ended (nothing in it panics by design; this is the guard should it
+    /// ever): the batch, for the caller to send itself.
+    Gone(Vec<Transmit>),
+}
+
 /// The second sending thread: takes batches of datagrams for its lane and sends them in
 /// order on its own handle to the media socket. Ends when this handle is dropped.
 pub struct Helper {
@@ -256,6 +278,8 @@ pub struct Helper {
     backlog: Arc<AtomicUsize>,
     /// Whether it should run at real-time priority; it follows on its next batch.
     realtime: Arc<AtomicBool>,
+    /// Datagrams it has handed to the kernel.
+    sent: Arc<AtomicU64>,
 }
 
 impl Helper {
@@ -266,9 +290,11 @@ impl Helper {
         let (tx, rx) = mpsc::channel::<Vec<Transmit>>();
         let backlog = Arc::new(AtomicUsize::new(0));
         let realtime = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
         let shared = Shared {
             backlog: backlog.clone(),
             realtime: realtime.clone(),
+            sent: sent.clone(),
         };
         std::thread::Builder::new()
             .name("media-send".into())
@@ -277,7 +303,13 @@ impl Helper {
             tx,
             backlog,
             realtime,
+            sent,
         })
+    }
+
+    /// Datagrams it has handed to the kernel so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Asks the thread to run at real-time priority, or not, from its next batch on (the
@@ -291,22 +323,21 @@ impl Helper {
         self.backlog.load(Ordering::Acquire) == 0
     }
 
-    /// Hands over datagrams for its lane, in order. Returns how many were dropped instead,
-    /// because its backlog is full or the thread is gone.
-    pub fn hand(&self, batch: Vec<Transmit>) -> usize {
+    /// Hands over datagrams for its lane, in order.
+    pub fn hand(&self, batch: Vec<Transmit>) -> Result<(), Refused> {
         let n = batch.len();
         if n == 0 {
-            return 0;
+            return Ok(());
         }
         if self.backlog.load(Ordering::Acquire) + n > HELPER_BACKLOG_LIMIT {
-            return n;
+            return Err(Refused::Full(n));
         }
         self.backlog.fetch_add(n, Ordering::AcqRel);
-        if self.tx.send(batch).is_err() {
+        if let Err(mpsc::SendError(batch)) = self.tx.send(batch) {
             self.backlog.fetch_sub(n, Ordering::AcqRel);
-            return n;
+            return Err(Refused::Gone(batch));
         }
-        0
+        Ok(())
     }
 }
 
@@ -314,6 +345,7 @@ impl Helper {
 struct Shared {
     backlog: Arc<AtomicUsize>,
     realtime: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
 }
 
 fn helper_loop(
@@ -339,6 +371,7 @@ fn helper_loop(
         }
         while !lane.is_empty() {
             let sent = lane.send(&socket);
+            shared.sent.fetch_add(sent.handed as u64, Ordering::Relaxed);
             backlog.fetch_sub(sent.taken, Ordering::AcqRel);
             if sent.blocked {
                 wait_writable(&socket);
@@ -405,9 +438,9 @@ mod tests {
     fn mode_turns_on_at_a_large_flush_and_off_only_when_calm_and_idle() {
         let t0 = Instant::now();
         let mut mode = FanoutMode::default();
-        assert_eq!(mode.observe(t0, LARGE_FLUSH - 1, true), None);
+        assert_eq!(mode.observe(t0, LARGE_FANOUT - 1, true), None);
         assert!(!mode.is_on());
-        assert_eq!(mode.observe(t0, LARGE_FLUSH, true), Some(ModeChange::On));
+        assert_eq!(mode.observe(t0, LARGE_FANOUT, true), Some(ModeChange::On));
         assert!(mode.is_on());
         // Small flushes meanwhile keep it on; a large one restarts the calm period.
         let t5 = t0 + Duration::from_secs(5);
@@ -473,16 +506,17 @@ mod tests {
             .expect("timeout");
         let to = rx.local_addr().expect("addr");
         let helper = Helper::spawn(&tx, true, 0).expect("spawn");
+        // 100 small datagrams stay well inside the receiver's default kernel buffer.
         for batch in 0..4u8 {
-            let datagrams = (0..50u8)
-                .map(|i| transmit(to, batch * 50 + i, 300))
+            let datagrams = (0..25u8)
+                .map(|i| transmit(to, batch * 25 + i, 100))
                 .collect();
-            assert_eq!(helper.hand(datagrams), 0);
+            helper.hand(datagrams).expect("taken");
         }
         let mut buf = [0u8; 2048];
-        for expected in 0..200u8 {
+        for expected in 0..100u8 {
             let n = rx.recv(&mut buf).expect("datagram");
-            assert_eq!(n, 300);
+            assert_eq!(n, 100);
             assert_eq!(buf[0], expected, "in the order handed over");
             assert!(buf[..n].iter().all(|b| *b == expected), "intact");
         }
@@ -491,6 +525,7 @@ mod tests {
             assert!(Instant::now() < deadline, "backlog never drained");
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert_eq!(helper.sent(), 100);
     }
 
     #[test]
@@ -502,10 +537,10 @@ mod tests {
             .backlog
             .store(HELPER_BACKLOG_LIMIT, Ordering::Release);
         let to = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
-        assert_eq!(
+        assert!(matches!(
             helper.hand(vec![transmit(to, 1, 10), transmit(to, 2, 10)]),
-            2
-        );
+            Err(Refused::Full(2))
+        ));
         assert_eq!(helper.backlog.load(Ordering::Acquire), HELPER_BACKLOG_LIMIT);
     }
 }

@@ -90,6 +90,11 @@ pub struct SfuStats {
     /// Connections torn down because nothing arrived from their client for the silence
     /// limit.
     pub silence_teardowns: u64,
+    /// Datagrams sent by the media loop's second sending thread in large fan-outs (filled
+    /// in by the loop, not the SFU; see [`super::send_lanes`]).
+    pub helper_sent: u64,
+    /// Datagrams dropped because that thread's backlog was full (filled in by the loop).
+    pub helper_drops: u64,
 }
 
 /// SFU settings.
@@ -248,6 +253,8 @@ pub struct Sfu {
     /// Peers whose outbox is non-empty, in the order they became so.
     ready: VecDeque<PeerId>,
     stats: SfuStats,
+    /// Most legs one forwarded packet went to since [`Sfu::take_widest_fanout`].
+    widest_fanout: usize,
 }
 
 impl Sfu {
@@ -262,6 +269,7 @@ impl Sfu {
             routes: HashMap::new(),
             ready: VecDeque::new(),
             stats: SfuStats::default(),
+            widest_fanout: 0,
         }
     }
 
@@ -426,6 +434,12 @@ impl Sfu {
                 self.fail_peer(id, "nothing arrived from the client for the silence limit");
             }
         }
+    }
+
+    /// The most legs one forwarded packet went to since the last call (the media loop
+    /// decides from it how to send; see [`super::send_lanes::FanoutMode`]), and resets it.
+    pub fn take_widest_fanout(&mut self) -> usize {
+        std::mem::take(&mut self.widest_fanout)
     }
 
     /// Takes the next datagram to send, if any.
@@ -1168,6 +1182,7 @@ impl Sfu {
         let local_addr = self.config.advertised;
         // Borrow the fields separately so the route list is read in place, not cloned.
         let (peers, ready, stats) = (&mut self.peers, &mut self.ready, &mut self.stats);
+        let mut legs_sent = 0;
         for &sub in &route[kind_index(kind)] {
             let Some(peer) = peers.get_mut(&sub) else {
                 continue;
@@ -1194,7 +1209,9 @@ impl Sfu {
             let mut out = packet.clone();
             h.apply_to(&mut out.header);
             send_rtp(now, sub, peer, out, local_addr, ready, stats);
+            legs_sent += 1;
         }
+        self.widest_fanout = self.widest_fanout.max(legs_sent);
     }
 
     /// Answers a subscriber's NACK: the packets it lists, from the source's history, with

@@ -217,6 +217,8 @@ pub struct Report {
     pub worst_stream_loss_pct: f64,
     /// Packets received more than once.
     pub duplicates: u64,
+    /// Packets that arrived after a later one of the same stream (first arrivals only).
+    pub reordered: u64,
     /// Video datagrams the subscribers dropped on arrival to emulate downlink loss
     /// ([`crate::peer::MediaPlan::downlink_drop_every`]); each had to come back as a
     /// retransmission not to count as lost.
@@ -500,6 +502,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     let mut received_packets = 0u64;
     let mut worst = 0f64;
     let mut duplicates = 0u64;
+    let mut reordered = 0u64;
     let mut downlink_dropped = 0u64;
     let mut direct = 0u64;
     let mut packets = 0u64;
@@ -524,6 +527,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         }
         for ((p, _), st) in &rx.streams {
             duplicates += st.duplicates;
+            reordered += st.reordered;
             if s.expected.contains(p) {
                 bytes += st.bytes_in_window;
             } else {
@@ -641,6 +645,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         },
         worst_stream_loss_pct: round(worst, 3),
         duplicates,
+        reordered,
         downlink_dropped,
         corrupt,
         unexpected_packets: unexpected,
@@ -717,12 +722,13 @@ pub fn print_table(r: &Report) {
         r.forwarded_pps, r.forwarded_mbps, r.ingress_pps, r.nominal_ingress_pps
     );
     println!(
-        "  loss {:.4}% ({} of {}), worst stream {:.3}%, duplicates {}, corrupt {}, misrouted {}",
+        "  loss {:.4}% ({} of {}), worst stream {:.3}%, duplicates {}, reordered {}, corrupt {}, misrouted {}",
         r.loss_pct,
         r.lost_packets,
         r.expected_packets,
         r.worst_stream_loss_pct,
         r.duplicates,
+        r.reordered,
         r.corrupt,
         r.unexpected_packets
     );

@@ -118,6 +118,11 @@ pub struct StreamRx {
     pub total: u64,
     /// Packets received again (same seq).
     pub duplicates: u64,
+    /// Highest sequence number received so far.
+    highest: Option<u64>,
+    /// First arrivals below `highest`: packets that overtook each other on the way (a
+    /// retransmission after emulated downlink loss counts too).
+    pub reordered: u64,
 }
 
 impl StreamRx {
@@ -174,6 +179,10 @@ impl RxStats {
             s.duplicates += 1;
             return;
         }
+        match s.highest {
+            Some(h) if info.seq < h => s.reordered += 1,
+            _ => s.highest = Some(info.seq),
+        }
         s.total += 1;
         if window.contains(info.send_ns) {
             s.in_window += 1;
@@ -223,5 +232,27 @@ mod tests {
         assert_eq!(rx.corrupt["Checksum"], 1);
         assert_eq!(rx.latency[0].count(), 2);
         assert_eq!(rx.packets, 6);
+    }
+
+    #[test]
+    fn counts_packets_that_overtook_each_other() {
+        let w = Window::default();
+        let mut rx = RxStats::default();
+        let rec = |seq| RecordInfo {
+            kind: StreamKind::Video,
+            layer: 0,
+            publisher: 1,
+            seq,
+            send_ns: 0,
+            frame: 0,
+            part: 0,
+            parts: 1,
+        };
+        for seq in [0, 1, 3, 2, 4, 4, 1] {
+            rx.on_packet(Ok(rec(seq)), 100, 0, &w);
+        }
+        let s = &rx.streams[&(1, StreamKind::Video)];
+        // 2 came after 3; the second 4 and the second 1 are duplicates, not reorderings.
+        assert_eq!((s.total, s.duplicates, s.reordered), (5, 2, 1));
     }
 }

@@ -52,6 +52,7 @@ async fn one_publisher_two_subscribers_lose_nothing() {
     assert_eq!(report.lost_packets, 0, "loss: {report:#?}");
     assert_eq!(report.corrupt, 0, "corrupted payloads: {report:#?}");
     assert_eq!(report.duplicates, 0, "duplicates: {report:#?}");
+    assert_eq!(report.reordered, 0, "reordered: {report:#?}");
     assert_eq!(report.unexpected_packets, 0, "misrouted: {report:#?}");
     assert_eq!(report.failed_participants, 0, "{:?}", report.errors);
     assert_eq!(report.send_errors, 0);
@@ -120,4 +121,61 @@ async fn dropped_video_is_recovered_by_the_servers_retransmissions() {
     assert_eq!(report.corrupt, 0, "corrupted payloads: {report:#?}");
     assert_eq!(report.duplicates, 0, "duplicates: {report:#?}");
     assert_eq!(report.unexpected_packets, 0, "misrouted: {report:#?}");
+}
+
+/// One publisher to 70 subscribers: every video packet is a flush of 70 datagrams, over
+/// the large fan-out threshold, so the media loop sends half of them from its second
+/// thread (and at real-time priority, where the test runs with the permission). Nothing
+/// may be lost, duplicated, corrupted or misrouted on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_is_sent_from_two_threads_without_loss() {
+    let server = InProcessWardlink::start().await.expect("start wardlink");
+    let cfg = ScenarioConfig {
+        subscribers: 70,
+        join_concurrency: 8,
+        setup_timeout: Duration::from_secs(60),
+        ..one_to_two("smoke-fanout", MediaPlan::default())
+    };
+    let report = run(Target::Wardlink(server.target.clone()), cfg)
+        .await
+        .expect("scenario ran");
+    let (stats, _) = server
+        .server
+        .state()
+        .rooms
+        .media_stats()
+        .await
+        .expect("media stats");
+    server.shutdown().await;
+    print_table(&report);
+    eprintln!("server: {stats:?}");
+
+    assert_eq!(report.streams_flowing_at_start, 140, "{report:#?}");
+    assert!(
+        report.expected_packets > 70 * 4 * 150,
+        "too few packets sent: {}",
+        report.expected_packets
+    );
+    assert_eq!(report.lost_packets, 0, "loss: {report:#?}");
+    assert_eq!(report.corrupt, 0, "corrupted payloads: {report:#?}");
+    assert_eq!(report.duplicates, 0, "duplicates: {report:#?}");
+    assert_eq!(
+        report.reordered, 0,
+        "a peer's packets overtook each other: {report:#?}"
+    );
+    assert_eq!(report.unexpected_packets, 0, "misrouted: {report:#?}");
+    assert_eq!(stats.helper_drops, 0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= 2 {
+        // About half of the ~70 × 190 datagrams a second went out from the second thread.
+        assert!(
+            stats.helper_sent * 4 > report.received_packets,
+            "second thread sent {} of {} received datagrams",
+            stats.helper_sent,
+            report.received_packets
+        );
+    } else {
+        eprintln!("one core: the second send thread is never started");
+        assert_eq!(stats.helper_sent, 0);
+    }
 }
