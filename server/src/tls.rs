@@ -203,13 +203,19 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn self_signed_is_generated_once_and_reused() {
-        let data_dir = temp_dir("reuse");
+    /// The default config, its data directory a fresh temporary one.
+    fn config_in(name: &str) -> (PathBuf, Config) {
+        let data_dir = temp_dir(name);
         let config = Config {
             data_dir: data_dir.clone(),
             ..Config::default()
         };
+        (data_dir, config)
+    }
+
+    #[test]
+    fn self_signed_is_generated_once_and_reused() {
+        let (data_dir, config) = config_in("reuse");
         let first = load_or_generate(&config).unwrap();
         assert!(first.self_signed);
         assert_eq!(first.cert_path, data_dir.join("tls/cert.pem"));
@@ -289,11 +295,7 @@ mod tests {
 
     #[test]
     fn sessions_resume_from_stateless_tickets() {
-        let data_dir = temp_dir("tickets");
-        let config = Config {
-            data_dir: data_dir.clone(),
-            ..Config::default()
-        };
+        let (data_dir, config) = config_in("tickets");
         let setup = load_or_generate(&config).unwrap();
         let server_config = setup.server_config;
         assert!(server_config.ticketer.enabled());

@@ -404,7 +404,8 @@ fn run(
     // When the current wake-up began, for the time the thread is busy (see `Sender::note_busy`).
     let mut woke = Instant::now();
     loop {
-        let blocked = sender.flush(&socket, &mut sfu, Instant::now());
+        // The wake-up's own time: the mode only measures seconds of calm with it.
+        let blocked = sender.flush(&socket, &mut sfu, woke);
         if blocked != watching_writes {
             let interest = if blocked {
                 Interest::READABLE | Interest::WRITABLE

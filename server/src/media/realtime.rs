@@ -81,28 +81,6 @@ pub fn set_current_thread(policy: Policy) -> io::Result<()> {
     }
 }
 
-/// The calling thread's policy as the kernel reports it.
-#[cfg(target_os = "linux")]
-pub fn current_thread() -> io::Result<Policy> {
-    // SAFETY: no pointers; pid 0 is the calling thread.
-    let which = unsafe { libc::sched_getscheduler(0) };
-    if which < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if which & !libc::SCHED_RESET_ON_FORK == libc::SCHED_FIFO {
-        let mut param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is valid for writes.
-        if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Policy::Fifo(
-            u8::try_from(param.sched_priority).unwrap_or(u8::MAX),
-        ))
-    } else {
-        Ok(Policy::Normal)
-    }
-}
-
 /// One thread's wish for real-time scheduling and what the kernel granted: asks once per
 /// change, and stops asking (with one log line) after a refusal, so a server without the
 /// permission does not pay a system call per mode change.
@@ -286,6 +264,27 @@ mod gate_tests {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    /// The calling thread's policy as the kernel reports it.
+    fn current_thread() -> io::Result<Policy> {
+        // SAFETY: no pointers; pid 0 is the calling thread.
+        let which = unsafe { libc::sched_getscheduler(0) };
+        if which < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if which & !libc::SCHED_RESET_ON_FORK == libc::SCHED_FIFO {
+            let mut param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: `param` is valid for writes.
+            if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Policy::Fifo(
+                u8::try_from(param.sched_priority).unwrap_or(u8::MAX),
+            ))
+        } else {
+            Ok(Policy::Normal)
+        }
+    }
 
     #[test]
     fn a_thread_is_raised_and_lowered_or_refused_cleanly() {
