@@ -19,7 +19,6 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::BytesMut;
 use rtc::crypto::providers::{RingCrypto, RingRandom};
 use rtc::crypto::{
     ActiveKeyExchange, AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, CbcAlgorithm, CbcCipher,
@@ -30,6 +29,7 @@ use rtc::crypto::{
 use rtc::rtp::Packet;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
+use super::outbound::{Payload, RtpToSeal, SharedSender, Transmit};
 use super::srtp_sender::SrtpSender;
 
 /// Most master keys a tap remembers: one connection derives two (ours and the peer's).
@@ -223,8 +223,9 @@ pub enum DirectSrtp {
     },
     /// Our own sender, proven on a real packet.
     Ready {
-        /// Our copy of the connection's outbound SRTP state.
-        sender: Box<SrtpSender>,
+        /// Our copy of the connection's outbound SRTP state, used by whichever thread
+        /// sends (see [`super::outbound`]).
+        sender: SharedSender,
         /// The connection's selected candidate pair, as last read.
         to: SocketAddr,
     },
@@ -268,7 +269,7 @@ impl DirectSrtp {
                     "forwarded RTP is encrypted by the SFU from here on"
                 );
                 *self = DirectSrtp::Ready {
-                    sender: Box::new(sender),
+                    sender: Arc::new(Mutex::new(sender)),
                     to,
                 };
                 return;
@@ -287,18 +288,19 @@ impl DirectSrtp {
         }
     }
 
-    /// Marshals and encrypts one RTP packet; `None` unless ready or if SRTP refuses.
-    pub fn protect(&mut self, packet: &Packet) -> Option<(BytesMut, SocketAddr)> {
+    /// The datagram for one rewritten RTP packet, to be sealed by the thread that sends
+    /// it ([`Transmit::seal`]); `None` unless ready.
+    pub fn defer(&self, packet: Packet) -> Option<Transmit> {
         let DirectSrtp::Ready { sender, to } = self else {
             return None;
         };
-        match sender.protect(packet) {
-            Ok(wire) => Some((wire, *to)),
-            Err(e) => {
-                tracing::debug!(%e, "direct SRTP refused a packet");
-                None
-            }
-        }
+        Some(Transmit {
+            to: *to,
+            payload: Payload::Rtp(RtpToSeal {
+                packet,
+                sender: sender.clone(),
+            }),
+        })
     }
 }
 
@@ -371,9 +373,9 @@ mod tests {
                 let p = packet(ssrc, seq);
                 let plain = p.marshal().unwrap();
                 let expected = theirs.encrypt_rtp(&plain).unwrap();
-                let (ours, dest) = direct.protect(&p).expect("protected");
-                assert_eq!(ours, expected, "{profile:?}: ssrc {ssrc} seq {seq}");
-                assert_eq!(dest, to);
+                let ours = direct.defer(p).and_then(Transmit::seal).expect("sealed");
+                assert_eq!(ours.payload, expected, "{profile:?}: ssrc {ssrc} seq {seq}");
+                assert_eq!(ours.to, to);
             }
         }
     }
@@ -398,7 +400,7 @@ mod tests {
             matches!(direct, DirectSrtp::Off),
             "gives up after the probes"
         );
-        assert!(direct.protect(&packet(1, 9)).is_none());
+        assert!(direct.defer(packet(1, 9)).is_none());
     }
 
     #[test]

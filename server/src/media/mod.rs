@@ -9,6 +9,7 @@ pub mod demux;
 pub mod direct_srtp;
 pub mod forwarder;
 pub mod gso;
+pub mod outbound;
 pub mod realtime;
 pub mod recv_batch;
 pub mod remote_path;
@@ -227,6 +228,8 @@ struct Sender {
     helper_drops: u64,
     /// Datagrams sent by helpers that have ended (see [`Sender::helper_sent`]).
     helper_sent_before: u64,
+    /// CPU time of helpers that have ended, so the gate's total never goes back.
+    helper_cpu_before: Duration,
 }
 
 impl Sender {
@@ -241,9 +244,10 @@ impl Sender {
             helper: None,
             helper_possible: cores >= 2,
             priority: realtime::ThreadPriority::new(realtime),
-            gate: realtime::BusyGate::default(),
+            gate: realtime::BusyGate::new(cores),
             helper_drops: 0,
             helper_sent_before: 0,
+            helper_cpu_before: Duration::ZERO,
         }
     }
 
@@ -258,6 +262,7 @@ impl Sender {
                 // The helper is idle (the mode's condition), so nothing can overtake.
                 if let Some(helper) = self.helper.take() {
                     self.helper_sent_before += helper.sent();
+                    self.helper_cpu_before += helper.cpu_time();
                     tracing::info!("fan-out calm: sending from one thread");
                 }
                 self.apply_priority();
@@ -278,7 +283,10 @@ impl Sender {
                     Some(_) if send_lanes::lane_of(&t.to) == send_lanes::LaneId::Helper => {
                         for_helper.push(t)
                     }
-                    _ => self.lane.push(t),
+                    // A packet SRTP refuses is dropped (logged there), as a lost one.
+                    _ => {
+                        self.lane.push(t);
+                    }
                 }
             }
             let handed = !for_helper.is_empty();
@@ -319,9 +327,20 @@ impl Sender {
         }
     }
 
-    /// Notes how long the loop's last wake-up kept this thread busy, up to `now`.
-    fn note_busy(&mut self, now: Instant, busy: Duration) {
-        if let Some(allowed) = self.gate.account(now, busy) {
+    /// Once per gate window, gives the gate the CPU time both media threads have used.
+    fn check_load(&mut self, now: Instant) {
+        if !self.gate.is_due(now) {
+            return;
+        }
+        let Some(own) = realtime::thread_cpu_time() else {
+            return;
+        };
+        let helpers = self.helper_cpu_before
+            + self
+                .helper
+                .as_ref()
+                .map_or(Duration::ZERO, |h| h.cpu_time());
+        if let Some(allowed) = self.gate.account(now, own + helpers) {
             if self.mode.is_on() {
                 tracing::info!(allowed, "media threads' real-time priority by load");
             }
@@ -330,7 +349,7 @@ impl Sender {
     }
 
     /// Real-time priority for both sending threads while the fan-out is large and the
-    /// media thread has headroom (see [`realtime::BusyGate`]).
+    /// media threads leave the machine headroom (see [`realtime::BusyGate`]).
     fn apply_priority(&mut self) {
         let on = self.mode.is_on() && self.gate.allows();
         if on {
@@ -368,6 +387,7 @@ impl Sender {
                 tracing::error!("the second media send thread ended; sending from one thread");
                 if let Some(helper) = self.helper.take() {
                     self.helper_sent_before += helper.sent();
+                    self.helper_cpu_before += helper.cpu_time();
                 }
                 self.helper_possible = false;
                 for t in batch {
@@ -401,7 +421,7 @@ fn run(
     // After connections close, hand the heap they freed back to the kernel (see `memory`).
     let mut next_trim_check = Instant::now() + TRIM_CHECK;
     let mut peers_at_last_check = 0;
-    // When the current wake-up began, for the time the thread is busy (see `Sender::note_busy`).
+    // When the current wake-up began.
     let mut woke = Instant::now();
     loop {
         // The wake-up's own time: the mode only measures seconds of calm with it.
@@ -430,8 +450,7 @@ fn run(
         } else {
             wake_at.saturating_duration_since(Instant::now())
         };
-        let sleeping = Instant::now();
-        sender.note_busy(sleeping, sleeping.saturating_duration_since(woke));
+        sender.check_load(woke);
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;

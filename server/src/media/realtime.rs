@@ -21,7 +21,7 @@
 //! policy.
 //!
 //! That reservation is small (5 % of a core), so the media threads also give real-time
-//! priority up themselves while the media thread is busy most of the time ([`BusyGate`]):
+//! priority up themselves while they use much of the machine's CPU ([`BusyGate`]):
 //! near the machine's capacity, where there is no latency headroom left to protect, a
 //! real-time fan-out would leave signaling, HTTP and the audit log only that 5 %. In a hand
 //! run at 2 × 450 subscribers (about the benchmark machine's capacity) without the gate,
@@ -159,55 +159,102 @@ impl ThreadPriority {
     }
 }
 
-/// Length of the windows over which [`BusyGate`] measures the media thread.
-pub const GATE_WINDOW: Duration = Duration::from_secs(1);
-/// Busy share of a window above which real-time priority is given up. At half of the
-/// benchmark machine's fan-out capacity the media thread is busy about a third of the time.
-pub const BUSY_HIGH: f64 = 0.6;
-/// Busy share of a window below which it is allowed again.
-pub const BUSY_LOW: f64 = 0.45;
+/// CPU time the calling thread has run so far (`CLOCK_THREAD_CPUTIME_ID`). Unlike the
+/// time between a wake-up and the next wait, it does not grow while the thread is
+/// preempted. `None` where the clock is unavailable.
+#[cfg(target_os = "linux")]
+pub fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid for writes for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    ))
+}
 
-/// Whether the media thread's load leaves room for real-time priority (pure: the loop
-/// feeds it how long each wake-up kept the thread busy).
+/// Other platforms: no per-thread CPU clock here, so the gate never closes.
+#[cfg(not(target_os = "linux"))]
+pub fn thread_cpu_time() -> Option<Duration> {
+    None
+}
+
+/// Length of the windows over which [`BusyGate`] measures the media threads.
+pub const GATE_WINDOW: Duration = Duration::from_secs(1);
+/// CPU the media threads together may use, per core of the machine, before real-time
+/// priority is given up: on 2 cores, 0.9 of a core, which leaves more than a core to
+/// everything else. At half of the benchmark machine's fan-out capacity (1 → 450) they
+/// use about half a core together.
+pub const BUSY_HIGH_PER_CORE: f64 = 0.45;
+/// Per core, the CPU below which real-time priority is allowed again.
+pub const BUSY_LOW_PER_CORE: f64 = 0.35;
+
+/// Whether the media threads' load leaves room for real-time priority. Pure: the loop
+/// asks whether a window has ended ([`BusyGate::is_due`]) and then gives it the CPU time
+/// the media threads have used so far, from their CPU clocks ([`thread_cpu_time`]).
+///
+/// The first version measured the media thread's wall time between waking and waiting.
+/// A thread at the normal policy is preempted while busy and looks busier than it is, so
+/// once given up (while hundreds of subscribers joined), the priority came back late or
+/// never: in hand runs at 1 → 450, 15 s into a 20 s measurement, or not at all, and those
+/// runs had a p99 of 8-13 ms against 3-4 ms (tests/results/performance.md, session 13).
 #[derive(Debug)]
 pub struct BusyGate {
-    window_start: Option<Instant>,
-    busy: Duration,
+    high: f64,
+    low: f64,
+    /// When the current window started, and the CPU time used as of then.
+    window: Option<(Instant, Duration)>,
     allowed: bool,
 }
 
-impl Default for BusyGate {
-    fn default() -> Self {
+impl BusyGate {
+    /// A gate for a machine with `cores` cores, allowing real-time priority at first.
+    pub fn new(cores: usize) -> Self {
+        let cores = cores.max(1) as f64;
         BusyGate {
-            window_start: None,
-            busy: Duration::ZERO,
+            high: BUSY_HIGH_PER_CORE * cores,
+            low: BUSY_LOW_PER_CORE * cores,
+            window: None,
             allowed: true,
         }
     }
-}
 
-impl BusyGate {
     /// Whether real-time priority is allowed now.
     pub fn allows(&self) -> bool {
         self.allowed
     }
 
-    /// Notes that the thread was busy for `busy` up to `now` (between waking and waiting
-    /// again). Returns the new verdict when a window's end changes it.
-    pub fn account(&mut self, now: Instant, busy: Duration) -> Option<bool> {
-        let start = *self.window_start.get_or_insert(now);
-        self.busy += busy;
+    /// Whether a window has ended (or none has started) and [`BusyGate::account`] wants
+    /// a reading.
+    pub fn is_due(&self, now: Instant) -> bool {
+        self.window
+            .is_none_or(|(start, _)| now.saturating_duration_since(start) >= GATE_WINDOW)
+    }
+
+    /// Takes the CPU time the media threads have used in all (`cpu`) as of `now`. At the
+    /// end of a window, returns the new verdict if the window's load changes it.
+    pub fn account(&mut self, now: Instant, cpu: Duration) -> Option<bool> {
+        let Some((start, cpu_at_start)) = self.window else {
+            self.window = Some((now, cpu));
+            return None;
+        };
         let elapsed = now.saturating_duration_since(start);
         if elapsed < GATE_WINDOW {
             return None;
         }
-        let share = self.busy.as_secs_f64() / elapsed.as_secs_f64();
-        self.window_start = Some(now);
-        self.busy = Duration::ZERO;
+        self.window = Some((now, cpu));
+        // In cores: CPU seconds per second.
+        let load = cpu.saturating_sub(cpu_at_start).as_secs_f64() / elapsed.as_secs_f64();
         let allowed = if self.allowed {
-            share <= BUSY_HIGH
+            load <= self.high
         } else {
-            share < BUSY_LOW
+            load < self.low
         };
         if allowed == self.allowed {
             return None;
@@ -221,43 +268,107 @@ impl BusyGate {
 mod gate_tests {
     use super::*;
 
-    /// Feeds `seconds` of wake-ups every 10 ms, each busy for `share` of it.
-    fn feed(gate: &mut BusyGate, t: &mut Instant, seconds: u64, share: f64) -> Vec<bool> {
+    /// Feeds `seconds` of readings every 10 ms, with the threads using `load` cores.
+    fn feed(
+        gate: &mut BusyGate,
+        t: &mut Instant,
+        cpu: &mut Duration,
+        seconds: u64,
+        load: f64,
+    ) -> Vec<bool> {
         let step = Duration::from_millis(10);
         let mut changes = Vec::new();
         for _ in 0..seconds * 100 {
             *t += step;
-            changes.extend(gate.account(*t, step.mul_f64(share)));
+            *cpu += step.mul_f64(load);
+            if gate.is_due(*t) {
+                changes.extend(gate.account(*t, *cpu));
+            }
         }
         changes
     }
 
     #[test]
     fn gives_up_when_busy_and_comes_back_with_hysteresis() {
-        let mut gate = BusyGate::default();
-        let mut t = Instant::now();
+        // Two cores: off above 0.9 of a core, on again below 0.7.
+        let mut gate = BusyGate::new(2);
+        let (mut t, mut cpu) = (Instant::now(), Duration::ZERO);
         assert!(gate.allows());
-        assert_eq!(feed(&mut gate, &mut t, 5, 0.35), Vec::<bool>::new());
-        assert_eq!(feed(&mut gate, &mut t, 3, 0.8), vec![false]);
+        let mut run =
+            |gate: &mut BusyGate, seconds, load| feed(gate, &mut t, &mut cpu, seconds, load);
+        assert_eq!(run(&mut gate, 5, 0.5), Vec::<bool>::new());
+        assert_eq!(run(&mut gate, 3, 1.2), vec![false]);
         assert!(!gate.allows());
         // Between the two thresholds nothing changes either way.
-        assert_eq!(feed(&mut gate, &mut t, 3, 0.5), Vec::<bool>::new());
+        assert_eq!(run(&mut gate, 3, 0.8), Vec::<bool>::new());
         assert!(!gate.allows());
-        assert_eq!(feed(&mut gate, &mut t, 2, 0.3), vec![true]);
-        assert_eq!(feed(&mut gate, &mut t, 3, 0.5), Vec::<bool>::new());
+        assert_eq!(run(&mut gate, 2, 0.5), vec![true]);
+        assert_eq!(run(&mut gate, 3, 0.8), Vec::<bool>::new());
         assert!(gate.allows());
     }
 
     #[test]
+    fn only_whole_windows_are_judged() {
+        let mut gate = BusyGate::new(1);
+        let t = Instant::now();
+        assert!(gate.is_due(t), "a first reading is wanted");
+        assert_eq!(gate.account(t, Duration::ZERO), None);
+        assert!(!gate.is_due(t + GATE_WINDOW / 2));
+        // Busy all of half a window: not yet a verdict.
+        assert_eq!(gate.account(t + GATE_WINDOW / 2, GATE_WINDOW / 2), None);
+        assert!(gate.is_due(t + GATE_WINDOW));
+        assert_eq!(gate.account(t + GATE_WINDOW, GATE_WINDOW), Some(false));
+    }
+
+    #[test]
     fn a_long_sleep_closes_the_window_as_idle() {
-        let mut gate = BusyGate::default();
-        let mut t = Instant::now();
-        feed(&mut gate, &mut t, 2, 0.9);
+        let mut gate = BusyGate::new(1);
+        let (mut t, mut cpu) = (Instant::now(), Duration::ZERO);
+        feed(&mut gate, &mut t, &mut cpu, 2, 0.9);
         assert!(!gate.allows());
         // The loop slept 2 s (nothing to do) and worked 1 ms on waking.
-        gate.account(t, Duration::ZERO);
         t += Duration::from_secs(2);
-        assert_eq!(gate.account(t, Duration::from_millis(1)), Some(true));
+        cpu += Duration::from_millis(1);
+        assert_eq!(gate.account(t, cpu), Some(true));
+    }
+
+    #[test]
+    fn less_cpu_than_before_reads_as_idle() {
+        // A helper that ended took its CPU time with it: the window reads low, not negative.
+        let mut gate = BusyGate::new(1);
+        let t = Instant::now();
+        gate.account(t, Duration::from_secs(5));
+        assert_eq!(
+            gate.account(t + GATE_WINDOW, Duration::from_secs(1)),
+            None,
+            "still allowed"
+        );
+        assert!(gate.allows());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_thread_clock_counts_work_not_sleep() {
+        std::thread::spawn(|| {
+            let before = thread_cpu_time().expect("clock");
+            std::thread::sleep(Duration::from_millis(50));
+            let slept = thread_cpu_time().expect("clock") - before;
+            assert!(
+                slept < Duration::from_millis(20),
+                "sleep counted: {slept:?}"
+            );
+            // Work moves it, however long a busy machine takes to give this thread 20 ms.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut x = 0u64;
+            while thread_cpu_time().expect("clock") - before < Duration::from_millis(20) {
+                assert!(Instant::now() < deadline, "work not counted");
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+        })
+        .join()
+        .expect("thread");
     }
 }
 

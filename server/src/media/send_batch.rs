@@ -14,7 +14,7 @@
 use std::io;
 use std::net::UdpSocket;
 
-use super::sfu::Transmit;
+use super::outbound::Datagram;
 
 /// Most messages (destinations) in one call.
 pub const MESSAGES: usize = 128;
@@ -64,7 +64,7 @@ impl SendBatch {
     pub fn send(
         &mut self,
         socket: &UdpSocket,
-        queue: &[Transmit],
+        queue: &[Datagram],
         runs: &[usize],
     ) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
@@ -165,7 +165,7 @@ impl SendBatch {
     pub fn send(
         &mut self,
         socket: &UdpSocket,
-        queue: &[Transmit],
+        queue: &[Datagram],
         runs: &[usize],
     ) -> io::Result<usize> {
         match (queue.first(), runs.first()) {
@@ -185,8 +185,8 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    fn transmit(to: SocketAddr, fill: u8, len: usize) -> Transmit {
-        Transmit {
+    fn transmit(to: SocketAddr, fill: u8, len: usize) -> Datagram {
+        Datagram {
             to,
             payload: BytesMut::from(&vec![fill; len][..]),
         }
@@ -262,7 +262,7 @@ mod tests {
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let rx = receiver();
         let to = rx.local_addr().expect("addr");
-        let queue: Vec<Transmit> = (0..MESSAGES + 10)
+        let queue: Vec<Datagram> = (0..MESSAGES + 10)
             .map(|i| transmit(to, i as u8, 20))
             .collect();
         let runs = vec![1; queue.len()];

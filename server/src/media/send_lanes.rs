@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use super::realtime::ThreadPriority;
-use super::sfu::Transmit;
+use super::outbound::{Datagram, Transmit};
+use super::realtime::{self, ThreadPriority};
 use super::{gso, send_batch};
 
 /// Subscriber legs of one forwarded packet from which the fan-out counts as large. About
@@ -141,7 +141,7 @@ pub struct Sent {
 /// one peer as one GSO message where possible (see [`gso`]).
 pub struct Lane {
     gso: bool,
-    queue: VecDeque<Transmit>,
+    queue: VecDeque<Datagram>,
     /// Datagrams per message for the next call (reused).
     runs: Vec<usize>,
     batch: send_batch::SendBatch,
@@ -168,9 +168,16 @@ impl Lane {
         self.queue.is_empty()
     }
 
-    /// Queues one datagram behind the others.
-    pub fn push(&mut self, transmit: Transmit) {
-        self.queue.push_back(transmit);
+    /// Queues one datagram behind the others, encrypting it first on this thread if the
+    /// SFU left that to the sender. Returns false if SRTP refused it (it is dropped).
+    pub fn push(&mut self, transmit: Transmit) -> bool {
+        match transmit.seal() {
+            Some(datagram) => {
+                self.queue.push_back(datagram);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes out, in order, the queued datagrams whose destination is in `lane`.
@@ -179,7 +186,7 @@ impl Lane {
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for t in self.queue.drain(..) {
             if lane_of(&t.to) == lane {
-                taken.push(t);
+                taken.push(t.into());
             } else {
                 kept.push_back(t);
             }
@@ -280,6 +287,8 @@ pub struct Helper {
     realtime: Arc<AtomicBool>,
     /// Datagrams it has handed to the kernel.
     sent: Arc<AtomicU64>,
+    /// Its CPU time in nanoseconds, as of its last batch.
+    cpu_ns: Arc<AtomicU64>,
 }
 
 impl Helper {
@@ -291,10 +300,12 @@ impl Helper {
         let backlog = Arc::new(AtomicUsize::new(0));
         let realtime = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
+        let cpu_ns = Arc::new(AtomicU64::new(0));
         let shared = Shared {
             backlog: backlog.clone(),
             realtime: realtime.clone(),
             sent: sent.clone(),
+            cpu_ns: cpu_ns.clone(),
         };
         std::thread::Builder::new()
             .name("media-send".into())
@@ -304,12 +315,19 @@ impl Helper {
             backlog,
             realtime,
             sent,
+            cpu_ns,
         })
     }
 
     /// Datagrams it has handed to the kernel so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// CPU time the thread has used, as of its last batch (zero where the platform has
+    /// no thread CPU clock). For [`realtime::BusyGate`].
+    pub fn cpu_time(&self) -> Duration {
+        Duration::from_nanos(self.cpu_ns.load(Ordering::Relaxed))
     }
 
     /// Asks the thread to run at real-time priority, or not, from its next batch on (the
@@ -346,6 +364,7 @@ struct Shared {
     backlog: Arc<AtomicUsize>,
     realtime: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    cpu_ns: Arc<AtomicU64>,
 }
 
 fn helper_loop(
@@ -364,10 +383,20 @@ fn helper_loop(
         } else {
             thread_priority.lower("media-send");
         }
-        lane.queue.extend(first);
+        // Encrypted here, on this thread (see `outbound`); whatever SRTP refuses is
+        // dropped and leaves the backlog at once.
+        let mut refused = 0;
+        for t in first {
+            refused += usize::from(!lane.push(t));
+        }
         // Everything already waiting goes out in the same calls.
         while let Ok(more) = rx.try_recv() {
-            lane.queue.extend(more);
+            for t in more {
+                refused += usize::from(!lane.push(t));
+            }
+        }
+        if refused > 0 {
+            backlog.fetch_sub(refused, Ordering::AcqRel);
         }
         while !lane.is_empty() {
             let sent = lane.send(&socket);
@@ -376,6 +405,10 @@ fn helper_loop(
             if sent.blocked {
                 wait_writable(&socket);
             }
+        }
+        if let Some(cpu) = realtime::thread_cpu_time() {
+            let ns = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+            shared.cpu_ns.store(ns, Ordering::Relaxed);
         }
     }
 }
@@ -457,10 +490,7 @@ mod tests {
     }
 
     fn transmit(to: SocketAddr, fill: u8, len: usize) -> Transmit {
-        Transmit {
-            to,
-            payload: BytesMut::from(&vec![fill; len][..]),
-        }
+        Transmit::wire(to, BytesMut::from(&vec![fill; len][..]))
     }
 
     #[test]
@@ -477,6 +507,7 @@ mod tests {
         let helper = lane.take_lane(LaneId::Helper);
         assert!(!helper.is_empty() && !lane.is_empty());
         assert!(helper.iter().all(|t| lane_of(&t.to) == LaneId::Helper));
+        let helper: Vec<Datagram> = helper.into_iter().filter_map(Transmit::seal).collect();
         assert!(lane.queue.iter().all(|t| lane_of(&t.to) == LaneId::Media));
         assert_eq!(helper.len() + lane.len(), 120);
         // Per destination, rounds still in order on either side.

@@ -43,6 +43,8 @@ use wardlink_signaling::ErrorCode;
 use super::codecs;
 use super::demux::{Demux, PeerId};
 use super::direct_srtp::{self, DirectSrtp, KeyTap};
+pub use super::outbound::Transmit;
+
 use super::forwarder::{DedupWindow, KeyframeThrottle, LegRewriter, PacketHistory, SentCounters};
 use super::remote_path::RemotePath;
 
@@ -56,15 +58,6 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Seconds from the NTP epoch (1900) to the Unix epoch.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
-
-/// One datagram to send.
-#[derive(Debug)]
-pub struct Transmit {
-    /// Destination.
-    pub to: SocketAddr,
-    /// Payload.
-    pub payload: BytesMut,
-}
 
 /// Counters for tests, logs and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +171,7 @@ struct Peer {
     /// deadline on every wake-up walked each one's ICE, DTLS and interceptor timers, for
     /// every peer, for nearly every datagram.
     timer_stale: bool,
-    outbox: VecDeque<TaggedBytesMut>,
+    outbox: VecDeque<Transmit>,
     side: Side,
     /// Who encrypts forwarded RTP on this connection (subscribers only).
     direct: DirectSrtp,
@@ -446,12 +439,7 @@ impl Sfu {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         while let Some(&id) = self.ready.front() {
             match self.peers.get_mut(&id).and_then(|p| p.outbox.pop_front()) {
-                Some(msg) => {
-                    return Some(Transmit {
-                        to: msg.transport.peer_addr,
-                        payload: msg.message,
-                    })
-                }
+                Some(transmit) => return Some(transmit),
                 None => {
                     self.ready.pop_front();
                 }
@@ -1179,7 +1167,6 @@ impl Sfu {
             return;
         };
         let source_ssrc = packet.header.ssrc;
-        let local_addr = self.config.advertised;
         // Borrow the fields separately so the route list is read in place, not cloned.
         let (peers, ready, stats) = (&mut self.peers, &mut self.ready, &mut self.stats);
         let mut legs_sent = 0;
@@ -1208,7 +1195,7 @@ impl Sfu {
             leg.sent.sent(h.timestamp, packet.payload.len(), now);
             let mut out = packet.clone();
             h.apply_to(&mut out.header);
-            send_rtp(now, sub, peer, out, local_addr, ready, stats);
+            send_rtp(now, sub, peer, out, ready, stats);
             legs_sent += 1;
         }
         self.widest_fanout = self.widest_fanout.max(legs_sent);
@@ -1256,7 +1243,6 @@ impl Sfu {
                 track.history.get(source, source_seq).cloned()
             })
             .collect();
-        let local_addr = self.config.advertised;
         let (peers, ready, stats) = (&mut self.peers, &mut self.ready, &mut self.stats);
         let Some(peer) = peers.get_mut(&id) else {
             return;
@@ -1282,7 +1268,7 @@ impl Sfu {
         }
         for out in resend {
             stats.retransmissions += 1;
-            send_rtp(now, id, peer, out, local_addr, ready, stats);
+            send_rtp(now, id, peer, out, ready, stats);
         }
     }
 
@@ -1413,7 +1399,8 @@ fn drain_into_outbox(
                 "the client's address moved; media follows"
             );
         }
-        enqueue(id, peer, msg, ready, stats);
+        let transmit = Transmit::wire(msg.transport.peer_addr, msg.message);
+        enqueue(id, peer, transmit, ready, stats);
     }
 }
 
@@ -1422,7 +1409,7 @@ fn drain_into_outbox(
 fn enqueue(
     id: PeerId,
     peer: &mut Peer,
-    msg: TaggedBytesMut,
+    transmit: Transmit,
     ready: &mut VecDeque<PeerId>,
     stats: &mut SfuStats,
 ) {
@@ -1433,36 +1420,26 @@ fn enqueue(
     if peer.outbox.is_empty() {
         ready.push_back(id);
     }
-    peer.outbox.push_back(msg);
+    peer.outbox.push_back(transmit);
 }
 
-/// Sends one rewritten RTP packet on a subscriber connection: encrypted here once the
-/// connection's keys are proven, otherwise through `rtc` (whose output for the first
-/// packets is the proof, see [`DirectSrtp::probe`]).
+/// Sends one rewritten RTP packet on a subscriber connection: once the connection's keys
+/// are proven, queued for the sending thread to encrypt ([`super::outbound`]); until then
+/// through `rtc` (whose output for the first packets is the proof, see
+/// [`DirectSrtp::probe`]).
 fn send_rtp(
     now: Instant,
     id: PeerId,
     peer: &mut Peer,
     out: rtc::rtp::Packet,
-    local_addr: SocketAddr,
     ready: &mut VecDeque<PeerId>,
     stats: &mut SfuStats,
 ) {
     if peer.direct.is_ready() {
-        if let Some((wire, to)) = peer.direct.protect(&out) {
+        if let Some(transmit) = peer.direct.defer(out) {
             stats.forwarded += 1;
             stats.direct += 1;
-            let msg = TaggedBytesMut {
-                now,
-                transport: TransportContext {
-                    local_addr,
-                    peer_addr: to,
-                    ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
-                },
-                message: wire,
-            };
-            enqueue(id, peer, msg, ready, stats);
+            enqueue(id, peer, transmit, ready, stats);
         }
         return;
     }
@@ -1482,13 +1459,11 @@ fn send_rtp(
     drain_into_outbox(id, peer, ready, stats);
     if let Some(packet) = probe {
         let header = &packet.header;
-        let sent = peer
-            .outbox
-            .iter()
-            .skip(before)
-            .find(|m| carries(&m.message, header.ssrc, header.sequence_number));
-        if let Some(m) = sent {
-            let (wire, to) = (m.message.clone(), m.transport.peer_addr);
+        let sent = peer.outbox.iter().skip(before).find_map(|t| {
+            let wire = t.wire_bytes()?;
+            carries(wire, header.ssrc, header.sequence_number).then(|| (wire.to_vec(), t.to))
+        });
+        if let Some((wire, to)) = sent {
             peer.direct.probe(&packet, &wire, to);
         }
     }
