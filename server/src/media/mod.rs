@@ -340,7 +340,11 @@ impl Sender {
                 .helper
                 .as_ref()
                 .map_or(Duration::ZERO, |h| h.cpu_time());
-        if let Some(allowed) = self.gate.account(now, own + helpers) {
+        let verdict = self.gate.account(now, own + helpers);
+        if self.mode.is_on() {
+            tracing::debug!(load = self.gate.last_load(), "media threads' CPU, in cores");
+        }
+        if let Some(allowed) = verdict {
             if self.mode.is_on() {
                 tracing::info!(allowed, "media threads' real-time priority by load");
             }

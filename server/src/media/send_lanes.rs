@@ -44,6 +44,12 @@ pub const HELPER_BACKLOG_LIMIT: usize = 16_384;
 /// trying again.
 const BLOCKED_WAIT_MS: i32 = 5;
 
+/// Share of destinations the media thread keeps while the fan-out is split: less than
+/// half, because it also receives, runs every connection's protocol and rewrites every
+/// leg. With half each, the media thread had 58 % of the two threads' samples at 1 → 450
+/// (session 13's profile); with this share both do about the same.
+pub const MEDIA_SHARE: f64 = 0.4;
+
 /// Which thread sends to a destination while the fan-out is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaneId {
@@ -54,7 +60,8 @@ pub enum LaneId {
 }
 
 /// The lane of a destination: a fixed hash of its address and port, so a peer's datagrams
-/// all take one thread, and consecutive client ports spread evenly.
+/// all take one thread, and consecutive client ports spread in proportion
+/// ([`MEDIA_SHARE`]).
 pub fn lane_of(to: &SocketAddr) -> LaneId {
     let ip = match to {
         SocketAddr::V4(a) => u64::from(a.ip().to_bits()),
@@ -63,9 +70,10 @@ pub fn lane_of(to: &SocketAddr) -> LaneId {
             (bits as u64) ^ ((bits >> 64) as u64)
         }
     };
-    // Fibonacci hashing: the top bit of the product depends on every input bit.
+    // Fibonacci hashing: the top bits of the product depend on every input bit.
     let h = ((ip << 16) ^ u64::from(to.port())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    if h >> 63 == 0 {
+    const MEDIA_BELOW: u64 = (MEDIA_SHARE * (u64::MAX as f64)) as u64;
+    if h < MEDIA_BELOW {
         LaneId::Media
     } else {
         LaneId::Helper
@@ -441,11 +449,12 @@ mod tests {
 
     #[test]
     fn consecutive_ports_spread_over_both_lanes() {
+        // 60 % to the helper (MEDIA_SHARE), within a few points.
         let helper = (20_000..21_000u16)
             .filter(|&p| lane_of(&SocketAddr::from((Ipv4Addr::LOCALHOST, p))) == LaneId::Helper)
             .count();
         assert!(
-            (400..=600).contains(&helper),
+            (550..=650).contains(&helper),
             "{helper} of 1000 to the helper"
         );
         let v6 = (20_000..21_000u16)
@@ -455,7 +464,7 @@ mod tests {
             })
             .count();
         assert!(
-            (400..=600).contains(&v6),
+            (550..=650).contains(&v6),
             "{v6} of 1000 to the helper (IPv6)"
         );
     }
