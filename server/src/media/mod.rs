@@ -327,7 +327,8 @@ impl Sender {
         }
     }
 
-    /// Once per gate window, gives the gate the CPU time both media threads have used.
+    /// Once per gate window, gives the gate the CPU time both media threads have used and
+    /// the machine's ticks.
     fn check_load(&mut self, now: Instant) {
         if !self.gate.is_due(now) {
             return;
@@ -340,9 +341,14 @@ impl Sender {
                 .helper
                 .as_ref()
                 .map_or(Duration::ZERO, |h| h.cpu_time());
-        let verdict = self.gate.account(now, own + helpers);
+        let machine = realtime::MachineTicks::read();
+        let verdict = self.gate.account(now, own + helpers, machine);
         if self.mode.is_on() {
-            tracing::debug!(load = self.gate.last_load(), "media threads' CPU, in cores");
+            tracing::debug!(
+                load = self.gate.last_load(),
+                machine = self.gate.last_machine(),
+                "media threads' CPU in cores, machine's share in use"
+            );
         }
         if let Some(allowed) = verdict {
             if self.mode.is_on() {

@@ -185,6 +185,44 @@ pub fn thread_cpu_time() -> Option<Duration> {
     None
 }
 
+/// The machine's CPU time since boot in clock ticks, busy and in all (the first line of
+/// Linux's `/proc/stat`): how saturated the whole machine is, whoever uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineTicks {
+    /// Ticks not idle and not waiting for I/O.
+    pub busy: u64,
+    /// All ticks.
+    pub total: u64,
+}
+
+impl MachineTicks {
+    /// Reads `/proc/stat`; `None` where it is missing or unreadable.
+    pub fn read() -> Option<MachineTicks> {
+        MachineTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// Parses the aggregate `cpu` line: user nice system idle iowait irq softirq steal
+    /// (guest time is inside user time already, so later fields are not added).
+    pub fn parse(stat: &str) -> Option<MachineTicks> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        if fields.len() < 5 {
+            return None;
+        }
+        let total: u64 = fields.iter().sum();
+        let idle = fields[3] + fields[4];
+        Some(MachineTicks {
+            busy: total.saturating_sub(idle),
+            total,
+        })
+    }
+}
+
 /// Length of the windows over which [`BusyGate`] measures the media threads.
 pub const GATE_WINDOW: Duration = Duration::from_secs(1);
 /// CPU the media threads together may use, per core of the machine, before real-time
@@ -195,10 +233,21 @@ pub const GATE_WINDOW: Duration = Duration::from_secs(1);
 pub const BUSY_HIGH_PER_CORE: f64 = 0.5;
 /// Per core, the CPU below which real-time priority is allowed again.
 pub const BUSY_LOW_PER_CORE: f64 = 0.4;
+/// Share of the whole machine's CPU in use above which real-time priority is given up,
+/// whoever uses it: on a saturated machine, real-time media threads take what signaling
+/// and HTTP need. At 2 × 450 on the benchmark machine (about capacity, server and
+/// generator together) the media threads used less than one core, and with the priority
+/// kept, 157 of 902 generator participants lost their `bye` as they all left at once
+/// (session 13); at 1 → 450 the machine was about 60 % busy.
+pub const MACHINE_HIGH: f64 = 0.9;
+/// Share of the machine's CPU below which real-time priority is allowed again.
+pub const MACHINE_LOW: f64 = 0.8;
 
-/// Whether the media threads' load leaves room for real-time priority. Pure: the loop
+/// Whether the load leaves room for real-time priority: the media threads' own
+/// ([`BUSY_HIGH_PER_CORE`]) and the whole machine's ([`MACHINE_HIGH`]). Pure: the loop
 /// asks whether a window has ended ([`BusyGate::is_due`]) and then gives it the CPU time
-/// the media threads have used so far, from their CPU clocks ([`thread_cpu_time`]).
+/// the media threads have used so far, from their CPU clocks ([`thread_cpu_time`]), and
+/// the machine's ticks ([`MachineTicks::read`]).
 ///
 /// The first version measured the media thread's wall time between waking and waiting.
 /// A thread at the normal policy is preempted while busy and looks busier than it is, so
@@ -209,11 +258,13 @@ pub const BUSY_LOW_PER_CORE: f64 = 0.4;
 pub struct BusyGate {
     high: f64,
     low: f64,
-    /// When the current window started, and the CPU time used as of then.
-    window: Option<(Instant, Duration)>,
+    /// When the current window started, and the CPU time and machine ticks as of then.
+    window: Option<(Instant, Duration, Option<MachineTicks>)>,
     allowed: bool,
     /// The last whole window's load, in cores.
     last_load: f64,
+    /// The last whole window's share of the machine in use, if known.
+    last_machine: Option<f64>,
 }
 
 impl BusyGate {
@@ -226,6 +277,7 @@ impl BusyGate {
             window: None,
             allowed: true,
             last_load: 0.0,
+            last_machine: None,
         }
     }
 
@@ -239,32 +291,51 @@ impl BusyGate {
         self.last_load
     }
 
+    /// The share of the machine's CPU in use over the last whole window, if known.
+    pub fn last_machine(&self) -> Option<f64> {
+        self.last_machine
+    }
+
     /// Whether a window has ended (or none has started) and [`BusyGate::account`] wants
     /// a reading.
     pub fn is_due(&self, now: Instant) -> bool {
         self.window
-            .is_none_or(|(start, _)| now.saturating_duration_since(start) >= GATE_WINDOW)
+            .is_none_or(|(start, ..)| now.saturating_duration_since(start) >= GATE_WINDOW)
     }
 
-    /// Takes the CPU time the media threads have used in all (`cpu`) as of `now`. At the
-    /// end of a window, returns the new verdict if the window's load changes it.
-    pub fn account(&mut self, now: Instant, cpu: Duration) -> Option<bool> {
-        let Some((start, cpu_at_start)) = self.window else {
-            self.window = Some((now, cpu));
+    /// Takes the CPU time the media threads have used in all (`cpu`) and the machine's
+    /// ticks (`machine`, if readable) as of `now`. At the end of a window, returns the new
+    /// verdict if the window's load changes it.
+    pub fn account(
+        &mut self,
+        now: Instant,
+        cpu: Duration,
+        machine: Option<MachineTicks>,
+    ) -> Option<bool> {
+        let Some((start, cpu_at_start, machine_at_start)) = self.window else {
+            self.window = Some((now, cpu, machine));
             return None;
         };
         let elapsed = now.saturating_duration_since(start);
         if elapsed < GATE_WINDOW {
             return None;
         }
-        self.window = Some((now, cpu));
+        self.window = Some((now, cpu, machine));
         // In cores: CPU seconds per second.
         let load = cpu.saturating_sub(cpu_at_start).as_secs_f64() / elapsed.as_secs_f64();
         self.last_load = load;
+        self.last_machine = match (machine_at_start, machine) {
+            (Some(a), Some(b)) if b.total > a.total => {
+                Some(b.busy.saturating_sub(a.busy) as f64 / (b.total - a.total) as f64)
+            }
+            _ => None,
+        };
+        // Without a machine reading, only the media threads' own load decides.
+        let machine_share = self.last_machine.unwrap_or(0.0);
         let allowed = if self.allowed {
-            load <= self.high
+            load <= self.high && machine_share <= MACHINE_HIGH
         } else {
-            load < self.low
+            load < self.low && machine_share < MACHINE_LOW
         };
         if allowed == self.allowed {
             return None;
@@ -292,7 +363,7 @@ mod gate_tests {
             *t += step;
             *cpu += step.mul_f64(load);
             if gate.is_due(*t) {
-                changes.extend(gate.account(*t, *cpu));
+                changes.extend(gate.account(*t, *cpu, None));
             }
         }
         changes
@@ -322,12 +393,18 @@ mod gate_tests {
         let mut gate = BusyGate::new(1);
         let t = Instant::now();
         assert!(gate.is_due(t), "a first reading is wanted");
-        assert_eq!(gate.account(t, Duration::ZERO), None);
+        assert_eq!(gate.account(t, Duration::ZERO, None), None);
         assert!(!gate.is_due(t + GATE_WINDOW / 2));
         // Busy all of half a window: not yet a verdict.
-        assert_eq!(gate.account(t + GATE_WINDOW / 2, GATE_WINDOW / 2), None);
+        assert_eq!(
+            gate.account(t + GATE_WINDOW / 2, GATE_WINDOW / 2, None),
+            None
+        );
         assert!(gate.is_due(t + GATE_WINDOW));
-        assert_eq!(gate.account(t + GATE_WINDOW, GATE_WINDOW), Some(false));
+        assert_eq!(
+            gate.account(t + GATE_WINDOW, GATE_WINDOW, None),
+            Some(false)
+        );
     }
 
     #[test]
@@ -339,7 +416,7 @@ mod gate_tests {
         // The loop slept 2 s (nothing to do) and worked 1 ms on waking.
         t += Duration::from_secs(2);
         cpu += Duration::from_millis(1);
-        assert_eq!(gate.account(t, cpu), Some(true));
+        assert_eq!(gate.account(t, cpu, None), Some(true));
     }
 
     #[test]
@@ -347,13 +424,68 @@ mod gate_tests {
         // A helper that ended took its CPU time with it: the window reads low, not negative.
         let mut gate = BusyGate::new(1);
         let t = Instant::now();
-        gate.account(t, Duration::from_secs(5));
+        gate.account(t, Duration::from_secs(5), None);
         assert_eq!(
-            gate.account(t + GATE_WINDOW, Duration::from_secs(1)),
+            gate.account(t + GATE_WINDOW, Duration::from_secs(1), None),
             None,
             "still allowed"
         );
         assert!(gate.allows());
+    }
+
+    #[test]
+    fn a_saturated_machine_closes_the_gate_whoever_uses_it() {
+        let mut gate = BusyGate::new(2);
+        let t = Instant::now();
+        // The media threads use a tenth of a core throughout; the machine's ticks say
+        // how busy everything else makes it.
+        let cpu = |s: u32| Duration::from_millis(100) * s;
+        let ticks = |busy, total| Some(MachineTicks { busy, total });
+        gate.account(t, cpu(0), ticks(0, 0));
+        let second = |n: u32| t + GATE_WINDOW * n;
+        assert_eq!(
+            gate.account(second(1), cpu(1), ticks(150, 200)),
+            None,
+            "75 %"
+        );
+        assert_eq!(
+            gate.account(second(2), cpu(2), ticks(345, 400)),
+            Some(false),
+            "97.5 %"
+        );
+        assert_eq!(
+            gate.account(second(3), cpu(3), ticks(515, 600)),
+            None,
+            "85 %: not yet"
+        );
+        assert_eq!(
+            gate.account(second(4), cpu(4), ticks(665, 800)),
+            Some(true),
+            "75 %"
+        );
+        // No reading (or no ticks passed): the media threads' load alone decides.
+        assert_eq!(gate.account(second(5), cpu(5), None), None);
+        assert_eq!(gate.last_machine(), None);
+    }
+
+    #[test]
+    fn parses_the_machines_ticks() {
+        let stat = "cpu  4211248 28078 1391481 11094135 79244 0 232499 7591 0 0\n\
+                    cpu0 1 2 3 4 5 6 7 8 0 0\nintr 1 2 3\n";
+        let ticks = MachineTicks::parse(stat).expect("parsed");
+        let total = 4211248 + 28078 + 1391481 + 11094135 + 79244 + 232499 + 7591;
+        assert_eq!(ticks.total, total);
+        assert_eq!(ticks.busy, total - 11094135 - 79244);
+        assert_eq!(
+            MachineTicks::parse("cpu0 1 2 3 4 5\n"),
+            None,
+            "no aggregate line"
+        );
+        assert_eq!(
+            MachineTicks::parse("cpu  1 2 x 4 5\n"),
+            None,
+            "not a number"
+        );
     }
 
     #[cfg(target_os = "linux")]
