@@ -569,6 +569,61 @@ mod tests {
     }
 
     #[test]
+    fn the_helper_encrypts_forwarded_rtp_as_the_connections_sender_would() {
+        use super::super::outbound::{Payload, RtpToSeal};
+        use super::super::srtp_sender::SrtpSender;
+        use rtc::crypto::providers::RingCrypto;
+        use rtc::srtp::protection_profile::ProtectionProfile;
+        use std::sync::Mutex;
+
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        let (key, salt) = ([7u8; 16], [9u8; 12]);
+        let new_sender = || SrtpSender::new(&RingCrypto, profile, &key, &salt).expect("sender");
+        // The same keys twice: one for the helper to use, one to compute what it must send.
+        let shared = Arc::new(Mutex::new(new_sender()));
+        let mut reference = new_sender();
+
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let to = rx.local_addr().expect("addr");
+        let helper = Helper::spawn(&tx, false, 0).expect("spawn");
+        let packets: Vec<rtc::rtp::Packet> = (0..5u16)
+            .map(|i| rtc::rtp::Packet {
+                header: rtc::rtp::Header {
+                    version: 2,
+                    payload_type: 96,
+                    // Across the sequence wrap: the shared sender keeps the rollover count.
+                    sequence_number: 65_533u16.wrapping_add(i),
+                    timestamp: 3000 * u32::from(i),
+                    ssrc: 0x1234,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from(vec![i as u8; 300]),
+            })
+            .collect();
+        let batch = packets
+            .iter()
+            .map(|p| Transmit {
+                to,
+                payload: Payload::Rtp(RtpToSeal {
+                    packet: p.clone(),
+                    sender: shared.clone(),
+                }),
+            })
+            .collect();
+        helper.hand(batch).expect("taken");
+        let mut buf = [0u8; 2048];
+        for p in &packets {
+            let n = rx.recv(&mut buf).expect("datagram");
+            let expected = reference.protect(p).expect("reference");
+            assert_eq!(&buf[..n], &expected[..], "seq {}", p.header.sequence_number);
+        }
+        assert_eq!(helper.sent(), 5);
+    }
+
+    #[test]
     fn a_full_backlog_drops_instead_of_growing() {
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let helper = Helper::spawn(&tx, false, 0).expect("spawn");
