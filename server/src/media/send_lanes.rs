@@ -620,6 +620,12 @@ mod tests {
             let expected = reference.protect(p).expect("reference");
             assert_eq!(&buf[..n], &expected[..], "seq {}", p.header.sequence_number);
         }
+        // The count follows the send call, which may return after the datagrams arrived.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !helper.is_idle() {
+            assert!(Instant::now() < deadline, "backlog never drained");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(helper.sent(), 5);
     }
 
