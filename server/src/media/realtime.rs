@@ -442,29 +442,19 @@ mod gate_tests {
         let cpu = |s: u32| Duration::from_millis(100) * s;
         let ticks = |busy, total| Some(MachineTicks { busy, total });
         gate.account(t, cpu(0), ticks(0, 0));
-        let second = |n: u32| t + GATE_WINDOW * n;
-        assert_eq!(
-            gate.account(second(1), cpu(1), ticks(150, 200)),
-            None,
-            "75 %"
-        );
-        assert_eq!(
-            gate.account(second(2), cpu(2), ticks(345, 400)),
-            Some(false),
-            "97.5 %"
-        );
-        assert_eq!(
-            gate.account(second(3), cpu(3), ticks(515, 600)),
-            None,
-            "85 %: not yet"
-        );
-        assert_eq!(
-            gate.account(second(4), cpu(4), ticks(665, 800)),
-            Some(true),
-            "75 %"
-        );
+        // Each second: cumulative busy and total ticks, and the verdict expected.
+        let seconds = [
+            (150, 200, None),        // 75 %
+            (345, 400, Some(false)), // 97.5 %
+            (515, 600, None),        // 85 %: not low enough yet
+            (665, 800, Some(true)),  // 75 %
+        ];
+        for (n, (busy, total, verdict)) in (1u32..).zip(seconds) {
+            let got = gate.account(t + GATE_WINDOW * n, cpu(n), ticks(busy, total));
+            assert_eq!(got, verdict, "second {n}");
+        }
         // No reading (or no ticks passed): the media threads' load alone decides.
-        assert_eq!(gate.account(second(5), cpu(5), None), None);
+        assert_eq!(gate.account(t + GATE_WINDOW * 5, cpu(5), None), None);
         assert_eq!(gate.last_machine(), None);
     }
 

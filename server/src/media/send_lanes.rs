@@ -538,13 +538,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn helper_sends_its_batches_in_order_and_goes_idle() {
+    /// A sending socket, and a receiving one (2 s read timeout) with its address.
+    fn socket_pair() -> (UdpSocket, UdpSocket, SocketAddr) {
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         rx.set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
         let to = rx.local_addr().expect("addr");
+        (tx, rx, to)
+    }
+
+    /// Waits (bounded) until the helper has sent everything handed to it.
+    fn wait_idle(helper: &Helper) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !helper.is_idle() {
+            assert!(Instant::now() < deadline, "backlog never drained");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn helper_sends_its_batches_in_order_and_goes_idle() {
+        let (tx, rx, to) = socket_pair();
         let helper = Helper::spawn(&tx, true, 0).expect("spawn");
         // 100 small datagrams stay well inside the receiver's default kernel buffer.
         for batch in 0..4u8 {
@@ -560,11 +575,7 @@ mod tests {
             assert_eq!(buf[0], expected, "in the order handed over");
             assert!(buf[..n].iter().all(|b| *b == expected), "intact");
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !helper.is_idle() {
-            assert!(Instant::now() < deadline, "backlog never drained");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_idle(&helper);
         assert_eq!(helper.sent(), 100);
     }
 
@@ -583,11 +594,7 @@ mod tests {
         let shared = Arc::new(Mutex::new(new_sender()));
         let mut reference = new_sender();
 
-        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        rx.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
-        let to = rx.local_addr().expect("addr");
+        let (tx, rx, to) = socket_pair();
         let helper = Helper::spawn(&tx, false, 0).expect("spawn");
         let packets: Vec<rtc::rtp::Packet> = (0..5u16)
             .map(|i| rtc::rtp::Packet {
@@ -621,11 +628,7 @@ mod tests {
             assert_eq!(&buf[..n], &expected[..], "seq {}", p.header.sequence_number);
         }
         // The count follows the send call, which may return after the datagrams arrived.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !helper.is_idle() {
-            assert!(Instant::now() < deadline, "backlog never drained");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_idle(&helper);
         assert_eq!(helper.sent(), 5);
     }
 
