@@ -210,8 +210,9 @@ pub fn start(
 }
 
 /// Hands the SFU's datagrams to the kernel on the media thread's [`send_lanes::Lane`], and
-/// while the fan-out is large ([`send_lanes::FanoutMode`]) half of the destinations on a
-/// second thread, with both at real-time priority where allowed.
+/// while the fan-out is large ([`send_lanes::FanoutMode`]) 60 % of the destinations on a
+/// second thread ([`send_lanes::MEDIA_SHARE`]), with both at real-time priority where
+/// allowed. Each thread encrypts what it sends ([`outbound`]).
 struct Sender {
     gso: bool,
     /// The media thread's own datagrams, in order.

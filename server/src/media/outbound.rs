@@ -7,7 +7,7 @@
 //! seals it ([`Transmit::seal`]). Marshalling and encrypting was about a third of the
 //! media thread's time at 1 → 450 (session 13's profile, tests/results/performance.md),
 //! all of it on the media thread even while a second thread sent half of the datagrams
-//! ([`super::send_lanes`]); now each thread encrypts its own half.
+//! ([`super::send_lanes`]); now each thread encrypts its own share.
 //!
 //! A connection's sender is shared behind a mutex rather than owned by one thread because
 //! a connection can change lanes (its address moves, the split starts or ends); the lock is

@@ -4,8 +4,9 @@
 //! delivers into the receiver's socket), and one packet of a lecture-like conference goes to
 //! hundreds of legs. One thread sending them all makes the last subscriber wait for the
 //! whole fan-out. While the server is fanning out widely ([`FanoutMode`]: one packet to
-//! [`LARGE_FANOUT`] legs or more), datagrams to half of the destinations ([`lane_of`]) go to
-//! a second sending thread ([`Helper`]) with its own handle to the same socket, and both
+//! [`LARGE_FANOUT`] legs or more), datagrams to 60 % of the destinations ([`lane_of`],
+//! [`MEDIA_SHARE`]) go to a second sending thread ([`Helper`]), which encrypts them (see
+//! [`super::outbound`]) and sends them with its own handle to the same socket, and both
 //! threads run at real-time priority where allowed (see [`super::realtime`]). Small
 //! conferences, however many, never start the second thread.
 //!
@@ -391,18 +392,16 @@ fn helper_loop(
         } else {
             thread_priority.lower("media-send");
         }
-        // Encrypted here, on this thread (see `outbound`); whatever SRTP refuses is
-        // dropped and leaves the backlog at once.
-        let mut refused = 0;
-        for t in first {
-            refused += usize::from(!lane.push(t));
-        }
-        // Everything already waiting goes out in the same calls.
-        while let Ok(more) = rx.try_recv() {
-            for t in more {
-                refused += usize::from(!lane.push(t));
-            }
-        }
+        // Everything already waiting goes out in the same calls. Encrypted here, on this
+        // thread (see `outbound`); whatever SRTP refuses is dropped and leaves the backlog
+        // at once.
+        let waiting = std::iter::from_fn(|| rx.try_recv().ok());
+        let refused = std::iter::once(first)
+            .chain(waiting)
+            .flatten()
+            .map(|t| lane.push(t))
+            .filter(|sealed| !sealed)
+            .count();
         if refused > 0 {
             backlog.fetch_sub(refused, Ordering::AcqRel);
         }

@@ -43,10 +43,10 @@ use wardlink_signaling::ErrorCode;
 use super::codecs;
 use super::demux::{Demux, PeerId};
 use super::direct_srtp::{self, DirectSrtp, KeyTap};
-pub use super::outbound::Transmit;
-
 use super::forwarder::{DedupWindow, KeyframeThrottle, LegRewriter, PacketHistory, SentCounters};
 use super::remote_path::RemotePath;
+
+pub use super::outbound::Transmit;
 
 /// Most datagrams queued for one peer connection before new ones are dropped. A dead or
 /// slow subscriber fills only its own outbox; the publisher and the others never wait.
@@ -205,11 +205,12 @@ struct Route {
 }
 
 impl Route {
-    fn new(publisher: &str) -> Self {
-        Route {
+    /// The route of `publisher`, made empty if it has none yet.
+    fn of<'a>(routes: &'a mut HashMap<ParticipantId, Route>, publisher: &str) -> &'a mut Route {
+        routes.entry(publisher.to_owned()).or_insert_with(|| Route {
             publisher: Arc::from(publisher),
             subscribers: Default::default(),
-        }
+        })
     }
 }
 
@@ -756,12 +757,7 @@ impl Sfu {
         // Add new legs.
         let mut added = Vec::new();
         for (t, codec) in sources {
-            let key = self
-                .routes
-                .entry(t.publisher.clone())
-                .or_insert_with(|| Route::new(&t.publisher))
-                .publisher
-                .clone();
+            let key = Route::of(&mut self.routes, &t.publisher).publisher.clone();
             let slot = &mut legs.entry(key).or_insert([None, None, None])[kind_index(t.kind)];
             if slot.is_some() {
                 continue;
@@ -845,11 +841,8 @@ impl Sfu {
             }
         }
         for t in &added {
-            let r = self
-                .routes
-                .entry(t.publisher.clone())
-                .or_insert_with(|| Route::new(&t.publisher));
-            let list = &mut r.subscribers[kind_index(t.kind)];
+            let list =
+                &mut Route::of(&mut self.routes, &t.publisher).subscribers[kind_index(t.kind)];
             if !list.contains(&id) {
                 list.push(id);
             }

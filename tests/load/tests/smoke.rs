@@ -128,7 +128,7 @@ async fn dropped_video_is_recovered_by_the_servers_retransmissions() {
 }
 
 /// One publisher to 70 subscribers: every packet goes to 70 legs, over the large fan-out
-/// threshold, so the media loop sends half of them from its second
+/// threshold, so the media loop sends most of them (60 %) from its second
 /// thread (and at real-time priority, where the test runs with the permission). Nothing
 /// may be lost, duplicated, corrupted or misrouted on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +155,7 @@ async fn a_large_fan_out_is_sent_from_two_threads_without_loss() {
     assert_eq!(stats.helper_drops, 0);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores >= 2 {
-        // About half of the ~70 × 190 datagrams a second went out from the second thread.
+        // About 60 % of the ~70 × 190 datagrams a second went out from the second thread.
         assert!(
             stats.helper_sent * 4 > report.received_packets,
             "second thread sent {} of {} received datagrams",
