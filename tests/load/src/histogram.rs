@@ -128,6 +128,84 @@ impl Histogram {
     }
 }
 
+/// Width of a [`Coarse`] bucket, µs.
+pub const COARSE_BUCKET_US: u64 = 250;
+/// Buckets of a [`Coarse`] histogram; the last one holds everything from 16 ms up.
+const COARSE_BUCKETS: usize = 65;
+
+/// A coarse latency histogram (250 µs buckets up to 16 ms) for one second of the window:
+/// small enough to keep one per second per subscriber, so a report can say *when* in the
+/// window the tail happened (the first second after a change of priority, a keyframe...).
+#[derive(Clone, Debug)]
+pub struct Coarse {
+    counts: [u32; COARSE_BUCKETS],
+    max: u64,
+}
+
+impl Default for Coarse {
+    fn default() -> Self {
+        Coarse {
+            counts: [0; COARSE_BUCKETS],
+            max: 0,
+        }
+    }
+}
+
+impl Coarse {
+    /// Adds one sample (µs).
+    pub fn record(&mut self, v: u64) {
+        let i = ((v / COARSE_BUCKET_US) as usize).min(COARSE_BUCKETS - 1);
+        self.counts[i] = self.counts[i].saturating_add(1);
+        self.max = self.max.max(v);
+    }
+
+    /// Adds another histogram's samples.
+    pub fn merge(&mut self, other: &Coarse) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a = a.saturating_add(*b);
+        }
+        self.max = self.max.max(other.max);
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|&c| u64::from(c)).sum()
+    }
+
+    /// Largest sample.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Samples of at least `us` (rounded down to a bucket edge).
+    pub fn at_least(&self, us: u64) -> u64 {
+        let from = ((us / COARSE_BUCKET_US) as usize).min(COARSE_BUCKETS - 1);
+        self.counts[from..].iter().map(|&c| u64::from(c)).sum()
+    }
+
+    /// Upper edge of the bucket holding quantile `q` (the maximum for the last bucket):
+    /// never below the true quantile, at most 250 µs above it.
+    pub fn quantile_upper(&self, q: f64) -> u64 {
+        let total = self.count();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= rank {
+                return if i == COARSE_BUCKETS - 1 {
+                    self.max
+                } else {
+                    ((i as u64 + 1) * COARSE_BUCKET_US).min(self.max.max(1))
+                };
+            }
+        }
+        self.max
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +240,23 @@ mod tests {
         h.merge(&g);
         assert_eq!(h.max(), 5_000_000);
         assert_eq!(h.quantile(1.0), 5_000_000);
+    }
+
+    #[test]
+    fn coarse_quantiles_and_tail_counts() {
+        let mut c = Coarse::default();
+        for v in 0..1000 {
+            c.record(v * 10); // 0 .. 9.99 ms
+        }
+        assert_eq!(c.count(), 1000);
+        assert_eq!(c.at_least(5_000), 500);
+        let p99 = c.quantile_upper(0.99);
+        assert!((9_800..=10_000).contains(&p99), "{p99}");
+        let mut d = Coarse::default();
+        d.record(40_000);
+        c.merge(&d);
+        assert_eq!((c.count(), c.max()), (1001, 40_000));
+        assert_eq!(c.quantile_upper(1.0), 40_000);
+        assert_eq!(c.at_least(16_000), 1);
     }
 }

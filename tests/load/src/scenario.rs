@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::histogram::Histogram;
+use crate::histogram::{Coarse, Histogram};
 use crate::janus_target::JanusTarget;
 use crate::payload::{Clock, StreamKind};
 use crate::peer::MediaPlan;
@@ -157,6 +157,22 @@ impl From<&Histogram> for Latency {
     }
 }
 
+/// Latency of the packets sent in one second of the window (all kinds), from a coarse
+/// histogram ([`crate::histogram::Coarse`]): shows where in the window a tail came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondLatency {
+    /// Seconds since the window opened.
+    pub second: usize,
+    /// Samples.
+    pub count: u64,
+    /// 99th percentile, rounded up to the next 250 µs.
+    pub p99_us: u64,
+    /// Samples of 5 ms or more.
+    pub at_least_5ms: u64,
+    /// Maximum.
+    pub max_us: u64,
+}
+
 /// Server-side measurements.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ServerMeasure {
@@ -253,6 +269,8 @@ pub struct Report {
     pub latency_audio: Latency,
     /// Video only.
     pub latency_video: Latency,
+    /// All kinds, per second of the window.
+    pub latency_by_second: Vec<SecondLatency>,
     /// The server process.
     pub server: ServerMeasure,
     /// Generator CPU seconds per second.
@@ -511,6 +529,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     let mut bytes = 0u64;
     let mut all = Histogram::default();
     let mut per_kind = [Histogram::default(), Histogram::default()];
+    let mut by_second: Vec<Coarse> = Vec::new();
     for s in &specs {
         let Some(rx) = &s.rx else { continue };
         let rx = lock(rx);
@@ -541,6 +560,12 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         for (i, h) in rx.latency.iter().enumerate() {
             all.merge(h);
             per_kind[i].merge(h);
+        }
+        if by_second.len() < rx.latency_by_second.len() {
+            by_second.resize(rx.latency_by_second.len(), Coarse::default());
+        }
+        for (sum, h) in by_second.iter_mut().zip(&rx.latency_by_second) {
+            sum.merge(h);
         }
     }
     let lost = expected_packets - received_packets;
@@ -656,6 +681,17 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         latency: Latency::from(&all),
         latency_audio: Latency::from(&per_kind[0]),
         latency_video: Latency::from(&per_kind[1]),
+        latency_by_second: by_second
+            .iter()
+            .enumerate()
+            .map(|(second, h)| SecondLatency {
+                second,
+                count: h.count(),
+                p99_us: h.quantile_upper(0.99),
+                at_least_5ms: h.at_least(5_000),
+                max_us: h.max(),
+            })
+            .collect(),
         server: ServerMeasure {
             pid,
             cpu_s_per_s: cpu.map(|c| round(c, 4)),
@@ -755,6 +791,24 @@ pub fn print_table(r: &Report) {
         ms(r.latency_audio.p99_us),
         ms(r.latency_video.p99_us)
     );
+    if !r.latency_by_second.is_empty() {
+        let p99: Vec<String> = r
+            .latency_by_second
+            .iter()
+            .map(|s| format!("{:.2}", ms(s.p99_us)))
+            .collect();
+        let tail: u64 = r.latency_by_second.iter().map(|s| s.at_least_5ms).sum();
+        println!(
+            "  p99 per second of the window, ms (250 µs steps): {}; samples of 5 ms or more: {} ({})",
+            p99.join(" "),
+            tail,
+            r.latency_by_second
+                .iter()
+                .map(|s| s.at_least_5ms.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     let s = &r.server;
     println!(
         "  server pid {:?}: cpu {} core, {} ms CPU per Mbit; RSS before {} KiB, max {} KiB, HWM {} KiB, per participant {} KiB",

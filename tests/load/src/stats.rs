@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::histogram::Histogram;
+use crate::histogram::{Coarse, Histogram};
 use crate::payload::{Corrupt, RecordInfo, StreamKind};
 
 /// The measurement window, in ns of the shared clock; `u64::MAX` start = not measuring.
@@ -147,6 +147,8 @@ pub struct RxStats {
     pub streams: HashMap<(u32, StreamKind), StreamRx>,
     /// One-way latency of in-window packets, µs, per kind.
     pub latency: [Histogram; 2],
+    /// The same latencies, all kinds, per second of the window (by send time).
+    pub latency_by_second: Vec<Coarse>,
     /// Payloads that failed verification, by reason.
     pub corrupt: HashMap<String, u64>,
     /// Packets received in total (valid or not).
@@ -189,6 +191,12 @@ impl RxStats {
             s.bytes_in_window += payload_len as u64;
             let lat_us = now_ns.saturating_sub(info.send_ns) / 1000;
             self.latency[info.kind.index()].record(lat_us);
+            let second = (info.send_ns.saturating_sub(window.bounds().0) / 1_000_000_000) as usize;
+            // Bounded by the window's length: only in-window send times get here.
+            if second >= self.latency_by_second.len() {
+                self.latency_by_second.resize(second + 1, Coarse::default());
+            }
+            self.latency_by_second[second].record(lat_us);
         }
     }
 }
@@ -231,6 +239,9 @@ mod tests {
         assert_eq!((s.total, s.in_window, s.duplicates), (4, 2, 1));
         assert_eq!(rx.corrupt["Checksum"], 1);
         assert_eq!(rx.latency[0].count(), 2);
+        // Both in-window packets were sent in the window's first second.
+        assert_eq!(rx.latency_by_second.len(), 1);
+        assert_eq!(rx.latency_by_second[0].count(), 2);
         assert_eq!(rx.packets, 6);
     }
 
