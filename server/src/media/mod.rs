@@ -276,17 +276,12 @@ impl Sender {
             // outboxes, which bound what a blocked socket can pile up; the helper's share
             // is bounded the same way per pass, and by its backlog limit.
             let mut for_helper = Vec::new();
-            // A helper far behind gets nothing new; this thread sends its share meanwhile.
-            let helper_takes = self.helper.as_ref().is_some_and(|h| h.takes());
             while self.lane.len() < send_batch::DATAGRAMS
                 && for_helper.len() < send_batch::DATAGRAMS
             {
                 let Some(t) = sfu.poll_transmit() else { break };
                 match &self.helper {
-                    Some(_)
-                        if helper_takes
-                            && send_lanes::lane_of(&t.to) == send_lanes::LaneId::Helper =>
-                    {
+                    Some(_) if send_lanes::lane_of(&t.to) == send_lanes::LaneId::Helper => {
                         for_helper.push(t)
                     }
                     // A packet SRTP refuses is dropped (logged there), as a lost one.

@@ -39,19 +39,8 @@ pub const LARGE_FANOUT: usize = 64;
 /// keyframes or a short pause does not flip it back and forth.
 pub const CALM_AFTER: Duration = Duration::from_secs(10);
 /// Most datagrams waiting for the helper; beyond it new ones for its lane are dropped
-/// (counted), as a full per-peer outbox drops. About 20 MB of video. Only a last resort:
-/// the media thread stops handing work over at [`HAND_BACK_AT`].
+/// (counted), as a full per-peer outbox drops. About 20 MB of video.
 pub const HELPER_BACKLOG_LIMIT: usize = 16_384;
-/// Backlog from which the helper counts as behind: the media thread then sends the
-/// helper's destinations itself, encrypting them too, until the helper has caught up
-/// ([`Helper::takes`]). A few milliseconds of the helper's work at 1 → 450, so it never
-/// triggers in steady operation. Before, the helper went on taking datagrams up to
-/// [`HELPER_BACKLOG_LIMIT`] and then dropped them: 131,147 datagrams while publishers caught
-/// up after the joins at 2 × 490, and at 2 × 450 enough to lose 0.14 % in the window.
-/// While it is behind, a destination's newer datagrams may overtake older ones still waiting
-/// for the helper (by about a dozen packets per stream at the threshold); receivers reorder,
-/// and SRTP's index estimate tolerates it.
-pub const HAND_BACK_AT: usize = 4_096;
 /// How long a lane whose send found the kernel buffer full waits for it to drain before
 /// trying again.
 const BLOCKED_WAIT_MS: i32 = 5;
@@ -356,12 +345,6 @@ impl Helper {
         self.realtime.store(on, Ordering::Release);
     }
 
-    /// Whether new datagrams for its lane should go to it: false while its backlog is at
-    /// [`HAND_BACK_AT`] or more.
-    pub fn takes(&self) -> bool {
-        self.backlog.load(Ordering::Acquire) < HAND_BACK_AT
-    }
-
     /// Whether everything handed over has been sent.
     pub fn is_idle(&self) -> bool {
         self.backlog.load(Ordering::Acquire) == 0
@@ -646,19 +629,6 @@ mod tests {
         // The count follows the send call, which may return after the datagrams arrived.
         wait_idle(&helper);
         assert_eq!(helper.sent(), 5);
-    }
-
-    #[test]
-    fn a_helper_far_behind_is_given_nothing_new() {
-        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let helper = Helper::spawn(&tx, false, 0).expect("spawn");
-        assert!(helper.takes());
-        helper.backlog.store(HAND_BACK_AT - 1, Ordering::Release);
-        assert!(helper.takes());
-        helper.backlog.store(HAND_BACK_AT, Ordering::Release);
-        assert!(!helper.takes());
-        // Leave it idle, so that dropping the handle ends the thread normally.
-        helper.backlog.store(0, Ordering::Release);
     }
 
     #[test]
