@@ -198,7 +198,7 @@ impl Coarse {
                 return if i == COARSE_BUCKETS - 1 {
                     self.max
                 } else {
-                    ((i as u64 + 1) * COARSE_BUCKET_US).min(self.max.max(1))
+                    ((i as u64 + 1) * COARSE_BUCKET_US).min(self.max)
                 };
             }
         }

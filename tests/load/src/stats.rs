@@ -42,7 +42,13 @@ impl Window {
 
     /// Whether a packet sent at `ns` counts.
     pub fn contains(&self, ns: u64) -> bool {
-        ns >= self.start_ns.load(Ordering::Acquire) && ns < self.end_ns.load(Ordering::Acquire)
+        self.second_of(ns).is_some()
+    }
+
+    /// The second of the window (0 = the first) a packet sent at `ns` falls in, if it counts.
+    pub fn second_of(&self, ns: u64) -> Option<usize> {
+        let (start, end) = self.bounds();
+        (ns >= start && ns < end).then(|| ((ns - start) / 1_000_000_000) as usize)
     }
 
     /// (start, end) in ns.
@@ -186,13 +192,12 @@ impl RxStats {
             _ => s.highest = Some(info.seq),
         }
         s.total += 1;
-        if window.contains(info.send_ns) {
+        if let Some(second) = window.second_of(info.send_ns) {
             s.in_window += 1;
             s.bytes_in_window += payload_len as u64;
             let lat_us = now_ns.saturating_sub(info.send_ns) / 1000;
             self.latency[info.kind.index()].record(lat_us);
-            let second = (info.send_ns.saturating_sub(window.bounds().0) / 1_000_000_000) as usize;
-            // Bounded by the window's length: only in-window send times get here.
+            // Bounded by the time since the window opened: send times are the generator's own.
             if second >= self.latency_by_second.len() {
                 self.latency_by_second.resize(second + 1, Coarse::default());
             }
