@@ -6,6 +6,7 @@
 //! - [`wardlink_target`] / [`janus_target`]: the two servers' signaling;
 //! - [`scenario`]: rooms × publishers × subscribers, the measurement window, the report;
 //! - [`leak`]: join/leave cycles against wardlink with RSS before/after;
+//! - [`publisher_thread`]: the publishers' own thread, woken on time for their pacers;
 //! - [`procstat`]: CPU, memory and UDP drop counters from /proc;
 //! - [`rxstamp`]: kernel receive timestamps for the latency measurement;
 //! - [`sched`]: the generator's scheduling policy (`--sched batch`);
@@ -20,6 +21,7 @@ pub mod leak;
 pub mod payload;
 pub mod peer;
 pub mod procstat;
+pub mod publisher_thread;
 pub mod rxstamp;
 pub mod scenario;
 pub mod sched;

@@ -98,6 +98,12 @@ struct Cli {
     /// shared cores (see `sched.rs`); the report records which was used.
     #[arg(long, value_enum, default_value = "normal")]
     sched: SchedPolicy,
+    /// Run the publishers' connections on a thread of their own under the normal policy
+    /// (see `publisher_thread.rs`), so that the subscribers' receive work does not make
+    /// their pacers late and burst; `false` runs them with everything else, as before
+    /// session 15. The report records which was used.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    publisher_thread: bool,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -141,8 +147,21 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     }
-    // One runtime for everything: on a 2-core machine shared with the server under test,
-    // more worker threads than cores only adds contention.
+    // Started after the policy switch, which it undoes for its own thread.
+    let publishers = if cli.publisher_thread && cli.leak_cycles.is_none() {
+        match wardlink_load::publisher_thread::PublisherThread::start() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("error: cannot start the publisher thread: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let publisher_runtime = publishers.as_ref().map(|p| p.handle());
+    // One runtime for everything else: on a 2-core machine shared with the server under
+    // test, more worker threads than cores only adds contention.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -154,7 +173,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(real_main(cli)) {
+    match runtime.block_on(real_main(cli, publisher_runtime)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -163,7 +182,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn real_main(cli: Cli) -> anyhow::Result<()> {
+async fn real_main(
+    cli: Cli,
+    publisher_runtime: Option<tokio::runtime::Handle>,
+) -> anyhow::Result<()> {
     if let Some(dir) = &cli.summarize {
         print!("{}", wardlink_load::summary::summarize(dir)?);
         return Ok(());
@@ -259,6 +281,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 pace_multiplier: (cli.pace_multiplier > 0.0).then_some(cli.pace_multiplier),
                 downlink_drop_every: cli.downlink_drop_every,
                 direct_rx: cli.subscriber_srtp == SubscriberSrtp::Direct,
+                publisher_runtime,
                 ..MediaPlan::default()
             },
             bind_ip: cli.bind_ip,

@@ -114,6 +114,10 @@ pub struct MediaPlan {
     /// authenticates it ([`DirectRx`]): the generator then takes less of the CPU it shares
     /// with the server under test. `false`: everything through `rtc`, as before session 9.
     pub direct_rx: bool,
+    /// Publishers' connection tasks run on this runtime, a thread of their own
+    /// ([`crate::publisher_thread`]), so the subscribers' receive work cannot make their
+    /// pacers late. `None`: on the caller's runtime with everything else.
+    pub publisher_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for MediaPlan {
@@ -128,6 +132,7 @@ impl Default for MediaPlan {
             pace_multiplier: Some(DEFAULT_PACE_MULTIPLIER),
             downlink_drop_every: 0,
             direct_rx: true,
+            publisher_runtime: None,
         }
     }
 }
@@ -453,7 +458,53 @@ impl Peer {
     pub fn spawn(self, role: Role, clock: Clock, window: Arc<Window>) -> PeerHandle {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(PeerState::Connecting);
-        let task = tokio::spawn(run(self, role, clock, window, cmd_rx, state_tx));
+        let elsewhere = match &role {
+            Role::Publisher { plan, .. } => plan.publisher_runtime.clone(),
+            Role::Subscriber { .. } => None,
+        };
+        let task = match elsewhere {
+            // The socket is registered with this runtime's reactor; it moves to the
+            // other one with the task, so that thread alone is woken for it.
+            Some(runtime) => match self.socket.into_std() {
+                Ok(std_socket) => {
+                    let Peer {
+                        pc,
+                        local,
+                        candidate,
+                        audio,
+                        video,
+                        tap,
+                        ..
+                    } = self;
+                    runtime.spawn(async move {
+                        let socket = match UdpSocket::from_std(std_socket) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!(%e, "publisher socket not accepted by its runtime");
+                                let _ = state_tx.send(PeerState::Failed);
+                                return;
+                            }
+                        };
+                        let peer = Peer {
+                            pc,
+                            socket,
+                            local,
+                            candidate,
+                            audio,
+                            video,
+                            tap,
+                        };
+                        run(peer, role, clock, window, cmd_rx, state_tx).await
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(%e, "publisher socket could not leave this runtime");
+                    let _ = state_tx.send(PeerState::Failed);
+                    tokio::spawn(async {})
+                }
+            },
+            None => tokio::spawn(run(self, role, clock, window, cmd_rx, state_tx)),
+        };
         PeerHandle {
             cmd: cmd_tx,
             state: state_rx,

@@ -257,6 +257,9 @@ pub struct Report {
     pub pace_multiplier: Option<f64>,
     /// The generator's scheduling policy (`normal`, or `batch` with `--sched batch`).
     pub generator_sched: String,
+    /// Whether the publishers ran on a thread of their own
+    /// ([`crate::publisher_thread`]); absent in reports from before session 15 (`false`).
+    pub publisher_thread: bool,
     /// Where subscribers were asked to decrypt RTP: `direct` or `rtc`
     /// ([`crate::direct_rx`]).
     pub subscriber_srtp: String,
@@ -644,6 +647,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         label: cfg.label.clone(),
         pace_multiplier: cfg.plan.pace_multiplier,
         generator_sched: crate::sched::policy_name().to_owned(),
+        publisher_thread: cfg.plan.publisher_runtime.is_some(),
         subscriber_srtp: if cfg.plan.direct_rx { "direct" } else { "rtc" }.to_owned(),
         subscriber_direct_pct: if packets > 0 {
             round(direct as f64 / packets as f64 * 100.0, 2)
@@ -779,6 +783,14 @@ pub fn print_table(r: &Report) {
         None => println!("  publishers' video frames sent back to back (unpaced)"),
     }
     println!("  generator scheduling policy: {}", r.generator_sched);
+    println!(
+        "  publishers: {}",
+        if r.publisher_thread {
+            "on a thread of their own"
+        } else {
+            "on the runtime shared with the subscribers"
+        }
+    );
     println!(
         "  subscribers' SRTP: {} ({:.2} % of received RTP decrypted outside rtc)",
         r.subscriber_srtp, r.subscriber_direct_pct

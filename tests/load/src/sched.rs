@@ -22,6 +22,19 @@ pub fn use_batch() -> std::io::Result<()> {
     }
 }
 
+/// Puts this thread back under the normal policy (`SCHED_OTHER`), e.g. a thread started by
+/// a batch one that must be woken on time (see `publisher_thread.rs`).
+pub fn use_normal() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in use_batch; leaving SCHED_BATCH for SCHED_OTHER needs no privilege.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// The calling thread's scheduling policy, as recorded in reports.
 pub fn policy_name() -> &'static str {
     // SAFETY: sched_getscheduler has no preconditions.

@@ -166,6 +166,21 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
     sched.sort_unstable();
     sched.dedup();
     writeln!(out, "Generator scheduling policy: {}.\n", sched.join(" / "))?;
+    let mut threads: Vec<&str> = runs
+        .values()
+        .flat_map(Rounds::values)
+        // Reports written before `--publisher-thread` existed shared the runtime.
+        .map(|r| {
+            if r.get("publisher_thread").and_then(|v| v.as_bool()) == Some(true) {
+                "on a thread of their own"
+            } else {
+                "on the runtime shared with the subscribers"
+            }
+        })
+        .collect();
+    threads.sort_unstable();
+    threads.dedup();
+    writeln!(out, "Publishers' connections: {}.\n", threads.join(" / "))?;
     writeln!(
         out,
         "| scenario | server | participants | streams | fwd pkt/s | fwd Mbit/s | loss % | lat p50 ms | lat p99 ms | lat max ms | server CPU (cores) | CPU ms per Mbit | RSS before MiB | RSS max MiB | RSS per participant KiB | generator CPU | generator lag p99 ms | UDP drops server / others | machine busy / other cores |"

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use wardlink::media::sfu::SfuStats;
 use wardlink_load::peer::MediaPlan;
+use wardlink_load::publisher_thread::PublisherThread;
 use wardlink_load::scenario::Report;
 use wardlink_load::scenario::{print_table, run, ScenarioConfig, Target};
 use wardlink_load::stats::SETTLED_BACKLOG;
@@ -59,7 +60,15 @@ fn assert_delivered_intact(report: &Report) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_publisher_two_subscribers_lose_nothing() {
-    let (report, _) = run_against_wardlink(one_to_two("smoke", MediaPlan::default())).await;
+    // As the command line runs it by default: the publisher on a thread of its own.
+    let publishers = PublisherThread::start().expect("publisher thread");
+    let plan = MediaPlan {
+        publisher_runtime: Some(publishers.handle()),
+        ..MediaPlan::default()
+    };
+    let (report, _) = run_against_wardlink(one_to_two("smoke", plan)).await;
+    drop(publishers);
+    assert!(report.publisher_thread);
 
     assert_eq!(report.streams_expected, 4, "2 subscribers × audio+video");
     assert_eq!(
