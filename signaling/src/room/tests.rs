@@ -1335,6 +1335,34 @@ fn leaving_during_an_outstanding_offer_is_reoffered_after_the_answer() {
 }
 
 #[test]
+fn a_leaver_who_published_nothing_changes_no_subscription() {
+    let mut h = Harness::new();
+    h.join_all(&["a", "b", "c"]);
+    h.publish_settled("a", &[Audio]);
+    // a adds video: b answers its offer, c's is still out when b leaves.
+    let out = h.track_published("a", Video);
+    let offers = subscribes(&out);
+    let (rb, tb) = offers["b"].clone();
+    let (rc, tc) = offers["c"].clone();
+    h.offer_ready("b", rb, &tb);
+    h.answer("b", rb);
+    h.offer_ready("c", rc, &tc);
+
+    let out = h.send("b", ClientMessage::Leave);
+    assert_eq!(ids(&roster_to(&out, "c")), ["a", "c"]);
+    assert!(subscribes(&out).is_empty(), "nothing to re-offer: {out:?}");
+    let out = h.answer("c", rc);
+    assert!(
+        subscribes(&out).is_empty(),
+        "c's answered offer already had everything: {out:?}"
+    );
+    assert_eq!(
+        sorted(tc),
+        sorted(vec![track("a", Audio), track("a", Video)])
+    );
+}
+
+#[test]
 fn the_last_one_out_empties_the_room() {
     for leave_politely in [true, false] {
         let mut h = Harness::new();

@@ -53,6 +53,9 @@ pub struct Status {
     pub reconnects: AtomicU64,
     /// The participant task has ended.
     pub finished: AtomicBool,
+    /// Microseconds from sending `leave` to reading `bye` (wardlink; at least 1), 0 if
+    /// no `bye` was read.
+    pub bye_after_leave_us: AtomicU64,
     /// Notable problems (bounded).
     pub errors: Mutex<Vec<String>>,
 }
@@ -298,6 +301,9 @@ pub struct Report {
     pub reconnects: u64,
     /// Participants whose task failed.
     pub failed_participants: usize,
+    /// From each participant's `leave` to its `bye`, when everyone leaves at the end
+    /// (wardlink only; `count` is how many read a `bye`).
+    pub leave_to_bye: Latency,
     /// First problems seen.
     pub errors: Vec<String>,
 }
@@ -595,6 +601,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     let mut failed = 0;
     let mut errors = Vec::new();
     let mut reconnects = 0;
+    let mut leave_to_bye = Histogram::default();
     for (spec, task) in tasks {
         let r = tokio::time::timeout(Duration::from_secs(15), task).await;
         let failed_now = match r {
@@ -616,6 +623,10 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         };
         failed += usize::from(failed_now);
         reconnects += spec.status.reconnects.load(Ordering::Relaxed);
+        match spec.status.bye_after_leave_us.load(Ordering::Relaxed) {
+            0 => {}
+            us => leave_to_bye.record(us),
+        }
         for e in lock(&spec.status.errors).iter() {
             if errors.len() < 10 {
                 errors.push(format!("participant {}: {e}", spec.id));
@@ -719,6 +730,7 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         socket_drops,
         reconnects,
         failed_participants: failed,
+        leave_to_bye: Latency::from(&leave_to_bye),
         errors,
     })
 }
@@ -848,6 +860,15 @@ pub fn print_table(r: &Report) {
         r.reconnects,
         r.failed_participants
     );
+    if r.leave_to_bye.count > 0 {
+        println!(
+            "  leave → bye ms: p50 {:.2}  p99 {:.2}  max {:.2}   ({} participants read a bye)",
+            ms(r.leave_to_bye.p50_us),
+            ms(r.leave_to_bye.p99_us),
+            ms(r.leave_to_bye.max_us),
+            r.leave_to_bye.count
+        );
+    }
     for e in &r.errors {
         println!("  ! {e}");
     }

@@ -23,6 +23,22 @@ use crate::tls::client_config;
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// How long a join may take before the participant gives up.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a participant waits for its `bye` after sending `leave`.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a server message is one a load participant does nothing with: the roster and
+/// the lobby. Only its `type` is read. A roster of a room of 450 is about 45 KB of JSON,
+/// each join and leave sends everyone one, and parsing them all into [`ServerMessage`]
+/// kept the generator's two threads busy for two seconds after everyone left a 1 → 450
+/// room (session 15's profile), delaying the `bye`s it was timing.
+fn ignored_message(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Kind>(text).is_ok_and(|k| matches!(&*k.kind, "roster" | "lobby"))
+}
 
 /// Signs join links by writing invitations into the server's store, exactly as
 /// `wardlink room create` does (minus the audit entries, which a benchmark does not need).
@@ -193,10 +209,13 @@ pub async fn run_participant(
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let join_deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
     let mut leaving: Option<tokio::time::Instant> = None;
+    let mut left_at: Option<tokio::time::Instant> = None;
     let result: anyhow::Result<()> = loop {
         if leaving.is_none() && *stop.borrow() {
+            let now = tokio::time::Instant::now();
+            left_at = Some(now);
+            leaving = Some(now + LEAVE_TIMEOUT);
             send(&mut ws, &ClientMessage::Leave).await.ok();
-            leaving = Some(tokio::time::Instant::now() + Duration::from_secs(5));
         }
         let deadline = leaving.unwrap_or(if status.joined.load(Ordering::Relaxed) {
             tokio::time::Instant::now() + Duration::from_secs(3600)
@@ -204,22 +223,9 @@ pub async fn run_participant(
             join_deadline
         });
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
-                if leaving.is_some() {
-                    break Err(anyhow!("no bye within 5 s of leave"));
-                }
-                break Err(anyhow!("not joined within {JOIN_TIMEOUT:?}"));
-            }
-            _ = stop.changed(), if leaving.is_none() => {}
-            _ = ping.tick() => { send(&mut ws, &ClientMessage::Ping).await.ok(); }
-            _ = tick.tick() => {
-                if let Some(p) = &publish {
-                    status.publish_connected.store(p.current() == PeerState::Connected, Ordering::Relaxed);
-                }
-                if let Some(s) = &subscribe {
-                    status.subscribe_connected.store(s.current() == PeerState::Connected, Ordering::Relaxed);
-                }
-            }
+            // Frames first: a `bye` already read off the socket must not lose to the
+            // deadline because this loop was busy (answering a re-offer) when it passed.
+            biased;
             frame = ws.next() => {
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t,
@@ -233,6 +239,9 @@ pub async fn run_participant(
                         anyhow!("WebSocket: {e}")
                     }),
                 };
+                if ignored_message(text.as_str()) {
+                    continue;
+                }
                 let msg: ServerMessage = match serde_json::from_str(text.as_str()) {
                     Ok(m) => m,
                     Err(_) => { status.error(format!("unparseable: {}", text.as_str().chars().take(120).collect::<String>())); continue; }
@@ -312,9 +321,34 @@ pub async fn run_participant(
                         if fatal { break Err(anyhow!("fatal error {code}: {message}")); }
                     }
                     ServerMessage::Bye { reason } => {
-                        break if leaving.is_some() { Ok(()) } else { Err(anyhow!("bye: {reason}")) };
+                        let Some(at) = left_at else { break Err(anyhow!("bye: {reason}")) };
+                        let waited = at.elapsed();
+                        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+                        status.bye_after_leave_us.store(us.max(1), Ordering::Relaxed);
+                        // Read late only because this loop was busy: still over the limit.
+                        break if waited > LEAVE_TIMEOUT {
+                            Err(anyhow!("bye only {:.1} s after leave", waited.as_secs_f64()))
+                        } else {
+                            Ok(())
+                        };
                     }
                     _ => {}
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                if leaving.is_some() {
+                    break Err(anyhow!("no bye within {LEAVE_TIMEOUT:?} of leave"));
+                }
+                break Err(anyhow!("not joined within {JOIN_TIMEOUT:?}"));
+            }
+            _ = stop.changed(), if leaving.is_none() => {}
+            _ = ping.tick() => { send(&mut ws, &ClientMessage::Ping).await.ok(); }
+            _ = tick.tick() => {
+                if let Some(p) = &publish {
+                    status.publish_connected.store(p.current() == PeerState::Connected, Ordering::Relaxed);
+                }
+                if let Some(s) = &subscribe {
+                    status.subscribe_connected.store(s.current() == PeerState::Connected, Ordering::Relaxed);
                 }
             }
         }
@@ -399,6 +433,9 @@ pub async fn join_leave_cycle(
                 Some(Ok(_)) => continue,
                 _ => bail!("WebSocket closed during the cycle"),
             };
+            if ignored_message(text.as_str()) {
+                continue;
+            }
             match serde_json::from_str::<ServerMessage>(text.as_str())? {
                 ServerMessage::Joined { .. } => {
                     let mut peer = Peer::new(ctx.bind_ip).await?;
@@ -473,6 +510,9 @@ pub async fn join_leave_cycle(
     let bye = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(frame)) = ws.next().await {
             if let Message::Text(t) = frame {
+                if ignored_message(t.as_str()) {
+                    continue;
+                }
                 if let Ok(ServerMessage::Bye { .. }) = serde_json::from_str(t.as_str()) {
                     return true;
                 }
@@ -493,4 +533,35 @@ pub async fn join_leave_cycle(
         bail!("no bye after leave");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use wardlink_signaling::protocol::RosterEntry;
+
+    #[test]
+    fn rosters_and_lobbies_are_ignored_and_nothing_else_is() {
+        let roster = ServerMessage::Roster {
+            participants: Arc::from(vec![RosterEntry {
+                id: "p1".into(),
+                display_name: "看護師 \"A\"".into(),
+                role: WardRole::Staff,
+                audio_muted: false,
+                video_muted: true,
+                publishing: vec![],
+            }]),
+        };
+        let lobby = ServerMessage::Lobby { waiting: vec![] };
+        let bye = ServerMessage::Bye {
+            reason: "roster".into(),
+        };
+        let text = |m: &ServerMessage| serde_json::to_string(m).unwrap();
+        assert!(ignored_message(&text(&roster)));
+        assert!(ignored_message(&text(&lobby)));
+        assert!(!ignored_message(&text(&bye)));
+        assert!(!ignored_message("not json"));
+    }
 }
