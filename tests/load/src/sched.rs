@@ -11,23 +11,21 @@
 /// Puts this thread under `SCHED_BATCH`; threads it starts afterwards inherit it, so call
 /// it before the runtime starts.
 pub fn use_batch() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler on the calling thread (0) with a valid, initialised
-    // parameter; SCHED_BATCH needs priority 0 and no privilege.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    set_policy(libc::SCHED_BATCH)
 }
 
 /// Puts this thread back under the normal policy (`SCHED_OTHER`), e.g. a thread started by
 /// a batch one that must be woken on time (see `publisher_thread.rs`).
 pub fn use_normal() -> std::io::Result<()> {
+    set_policy(libc::SCHED_OTHER)
+}
+
+/// Sets the calling thread's policy to one of the unprivileged, priority-0 ones.
+fn set_policy(policy: libc::c_int) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: as in use_batch; leaving SCHED_BATCH for SCHED_OTHER needs no privilege.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    // SAFETY: sched_setscheduler on the calling thread (0) with a valid, initialised
+    // parameter; SCHED_BATCH and SCHED_OTHER need priority 0 and no privilege.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
         Ok(())
     } else {
