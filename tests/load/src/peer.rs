@@ -454,6 +454,15 @@ impl Peer {
         add_candidate(&mut self.pc, candidate);
     }
 
+    /// Registers the socket with `runtime`'s reactor instead of the current one, so that
+    /// runtime's thread alone is woken for it.
+    fn move_to(mut self, runtime: &tokio::runtime::Handle) -> std::io::Result<Peer> {
+        let std_socket = self.socket.into_std()?;
+        let _entered = runtime.enter();
+        self.socket = UdpSocket::from_std(std_socket)?;
+        Ok(self)
+    }
+
     /// Starts the connection task.
     pub fn spawn(self, role: Role, clock: Clock, window: Arc<Window>) -> PeerHandle {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -463,42 +472,10 @@ impl Peer {
             Role::Subscriber { .. } => None,
         };
         let task = match elsewhere {
-            // The socket is registered with this runtime's reactor; it moves to the
-            // other one with the task, so that thread alone is woken for it.
-            Some(runtime) => match self.socket.into_std() {
-                Ok(std_socket) => {
-                    let Peer {
-                        pc,
-                        local,
-                        candidate,
-                        audio,
-                        video,
-                        tap,
-                        ..
-                    } = self;
-                    runtime.spawn(async move {
-                        let socket = match UdpSocket::from_std(std_socket) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::warn!(%e, "publisher socket not accepted by its runtime");
-                                let _ = state_tx.send(PeerState::Failed);
-                                return;
-                            }
-                        };
-                        let peer = Peer {
-                            pc,
-                            socket,
-                            local,
-                            candidate,
-                            audio,
-                            video,
-                            tap,
-                        };
-                        run(peer, role, clock, window, cmd_rx, state_tx).await
-                    })
-                }
+            Some(runtime) => match self.move_to(&runtime) {
+                Ok(peer) => runtime.spawn(run(peer, role, clock, window, cmd_rx, state_tx)),
                 Err(e) => {
-                    tracing::warn!(%e, "publisher socket could not leave this runtime");
+                    tracing::warn!(%e, "publisher socket could not move to its runtime");
                     let _ = state_tx.send(PeerState::Failed);
                     tokio::spawn(async {})
                 }

@@ -208,20 +208,20 @@ pub async fn run_participant(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let join_deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
-    let mut leaving: Option<tokio::time::Instant> = None;
+    // When this participant sent `leave`.
     let mut left_at: Option<tokio::time::Instant> = None;
     let result: anyhow::Result<()> = loop {
-        if leaving.is_none() && *stop.borrow() {
-            let now = tokio::time::Instant::now();
-            left_at = Some(now);
-            leaving = Some(now + LEAVE_TIMEOUT);
+        if left_at.is_none() && *stop.borrow() {
+            left_at = Some(tokio::time::Instant::now());
             send(&mut ws, &ClientMessage::Leave).await.ok();
         }
-        let deadline = leaving.unwrap_or(if status.joined.load(Ordering::Relaxed) {
-            tokio::time::Instant::now() + Duration::from_secs(3600)
-        } else {
-            join_deadline
-        });
+        let deadline = left_at.map(|at| at + LEAVE_TIMEOUT).unwrap_or(
+            if status.joined.load(Ordering::Relaxed) {
+                tokio::time::Instant::now() + Duration::from_secs(3600)
+            } else {
+                join_deadline
+            },
+        );
         tokio::select! {
             // Frames first: a `bye` already read off the socket must not lose to the
             // deadline because this loop was busy (answering a re-offer) when it passed.
@@ -230,10 +230,10 @@ pub async fn run_participant(
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(_))) | None => {
-                        break if leaving.is_some() { Ok(()) } else { Err(anyhow!("server closed the WebSocket")) };
+                        break if left_at.is_some() { Ok(()) } else { Err(anyhow!("server closed the WebSocket")) };
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => break Err(if leaving.is_some() {
+                    Some(Err(e)) => break Err(if left_at.is_some() {
                         anyhow!("WebSocket failed after leave, before bye: {e}")
                     } else {
                         anyhow!("WebSocket: {e}")
@@ -336,12 +336,12 @@ pub async fn run_participant(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                if leaving.is_some() {
+                if left_at.is_some() {
                     break Err(anyhow!("no bye within {LEAVE_TIMEOUT:?} of leave"));
                 }
                 break Err(anyhow!("not joined within {JOIN_TIMEOUT:?}"));
             }
-            _ = stop.changed(), if leaving.is_none() => {}
+            _ = stop.changed(), if left_at.is_none() => {}
             _ = ping.tick() => { send(&mut ws, &ClientMessage::Ping).await.ok(); }
             _ = tick.tick() => {
                 if let Some(p) = &publish {
@@ -507,7 +507,7 @@ pub async fn join_leave_cycle(
     .await;
     // Leave properly, then drop the connections.
     let _ = send(&mut ws, &ClientMessage::Leave).await;
-    let bye = tokio::time::timeout(Duration::from_secs(5), async {
+    let bye = tokio::time::timeout(LEAVE_TIMEOUT, async {
         while let Some(Ok(frame)) = ws.next().await {
             if let Message::Text(t) = frame {
                 if ignored_message(t.as_str()) {
