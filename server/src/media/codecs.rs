@@ -21,6 +21,8 @@ use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 use wardlink_signaling::protocol::PcKind;
 
+use super::feedback::ReceiveFeedback;
+
 /// RFC 4588 retransmission payload MIME type.
 const MIME_TYPE_RTX: &str = "video/rtx";
 
@@ -117,7 +119,9 @@ pub fn media_engine() -> Result<MediaEngine, Error> {
 /// happen: a publish connection sends no RTP and a subscribe connection receives none.
 ///
 /// - Publish (we receive): NACK generator (recovers the publisher's uplink loss), receiver
-///   reports, TWCC feedback so the browser's send-side estimator adapts to its link.
+///   reports, TWCC feedback so the browser's send-side estimator adapts to its link. They
+///   are returned as well ([`ReceiveFeedback`]): the SFU shows them the RTP it decrypts
+///   outside `rtc` (see `direct_rx`).
 /// - Subscribe (we send): only [`FeedbackTap`]. Forwarded RTP is encrypted by the SFU
 ///   itself once the connection's keys are proven (see `direct_srtp`), so `rtc`'s NACK
 ///   responder and sender-report interceptor would never see it; the SFU answers NACKs
@@ -125,14 +129,27 @@ pub fn media_engine() -> Result<MediaEngine, Error> {
 ///
 /// The media engine gets the same codecs, feedback and header extensions either way, so
 /// the SDP does not depend on the direction.
-pub fn interceptors(me: &mut MediaEngine, direction: PcKind) -> Result<Registry, Error> {
+pub fn interceptors(
+    me: &mut MediaEngine,
+    direction: PcKind,
+) -> Result<(Registry, Option<ReceiveFeedback>), Error> {
     configure_simulcast_extension_headers(me)?;
     let twcc = configure_twcc_receiver_only(Registry::new(), me)?;
     Ok(match direction {
-        PcKind::Publish => twcc
-            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
-        PcKind::Subscribe => Registry::new().with(Slot::from(14_000), FeedbackTap::default()),
+        PcKind::Publish => {
+            let feedback = ReceiveFeedback::new(
+                twcc.with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+                    .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+                    .build(),
+            );
+            // One link where the three were: the earliest of their slots.
+            let chain = Registry::new().with(Slot::NackGenerator, feedback.clone());
+            (chain, Some(feedback))
+        }
+        PcKind::Subscribe => (
+            Registry::new().with(Slot::from(14_000), FeedbackTap::default()),
+            None,
+        ),
     })
 }
 

@@ -6,7 +6,9 @@
 
 pub mod codecs;
 pub mod demux;
+pub mod direct_rx;
 pub mod direct_srtp;
+pub mod feedback;
 pub mod forwarder;
 pub mod gso;
 pub mod outbound;

@@ -42,7 +42,9 @@ use wardlink_signaling::ErrorCode;
 
 use super::codecs;
 use super::demux::{Demux, PeerId};
+use super::direct_rx::DirectRx;
 use super::direct_srtp::{self, DirectSrtp, KeyTap};
+use super::feedback::ReceiveFeedback;
 use super::forwarder::{DedupWindow, KeyframeThrottle, LegRewriter, PacketHistory, SentCounters};
 use super::remote_path::RemotePath;
 
@@ -77,6 +79,9 @@ pub struct SfuStats {
     /// Forwarded packets encrypted by the SFU itself rather than by `rtc` (see
     /// [`super::direct_srtp`]).
     pub direct: u64,
+    /// Publishers' RTP packets decrypted by the SFU itself rather than read through `rtc`
+    /// (see [`super::direct_rx`]).
+    pub direct_reads: u64,
     /// Times a connection followed its client to a new address (see
     /// [`super::remote_path`]).
     pub path_moves: u64,
@@ -138,6 +143,10 @@ enum Side {
         tracks: HashMap<String, InboundTrack>,
         /// The media section the client declared as its screen share.
         screen_mid: Option<String>,
+        /// Decrypts the client's RTP outside `rtc` once a tapped key is proven.
+        rx: DirectRx,
+        /// The receive-side interceptors, shared with `rtc`'s chain.
+        feedback: ReceiveFeedback,
     },
     Subscriber {
         /// Publisher participant → [audio, video, screen] legs. Keyed by the publisher's
@@ -183,6 +192,16 @@ struct Peer {
     next_report: Option<Instant>,
     /// The client's address, followed across NAT rebinding, and its liveness.
     path: RemotePath,
+}
+
+/// A peer connection made by [`Sfu::new_pc`], before it is a [`Peer`].
+struct NewPc {
+    id: PeerId,
+    pc: RTCPeerConnection,
+    /// The connection's crypto provider, which notes its SRTP keys.
+    tap: Arc<KeyTap>,
+    /// Publish connections: their receive-side interceptors.
+    feedback: Option<ReceiveFeedback>,
 }
 
 impl Peer {
@@ -375,6 +394,44 @@ impl Sfu {
             return;
         };
         peer.path.inbound(now, from, payload);
+        if let Side::Publisher {
+            rx,
+            feedback,
+            tracks,
+            ..
+        } = &mut peer.side
+        {
+            // Only a stream whose track `rtc` has reported: its first packets went through
+            // `rtc`, which bound it in the interceptors. Anything else (a new stream, the
+            // RTX stream, probes) goes on to `rtc` below, which decrypts it again.
+            let opened = rx.open(payload).and_then(|packet| {
+                let ssrc = packet.header.ssrc;
+                tracks
+                    .iter()
+                    .find(|(_, t)| t.ssrc == ssrc)
+                    .map(|(track_id, _)| (track_id.clone(), packet))
+            });
+            if let Some((track_id, packet)) = opened {
+                let transport = TransportContext {
+                    local_addr,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                };
+                let Some(packet) = feedback.read(now, transport, packet) else {
+                    return;
+                };
+                // The interceptors' timers are part of the connection's deadline, which
+                // is cached until `rtc` is touched; a packet can only bring one closer.
+                if let Some(due) = feedback.deadline() {
+                    peer.timer = Some(peer.timer.map_or(due, |t| t.min(due)));
+                }
+                self.stats.direct_reads += 1;
+                let participant = peer.participant.clone();
+                self.forward(now, id, &participant, &track_id, packet);
+                return;
+            }
+        }
         let result = peer.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -477,11 +534,7 @@ impl Sfu {
         }
     }
 
-    fn new_pc(
-        &mut self,
-        now: Instant,
-        direction: PcKind,
-    ) -> Result<(PeerId, RTCPeerConnection, Arc<KeyTap>), String> {
+    fn new_pc(&mut self, now: Instant, direction: PcKind) -> Result<NewPc, String> {
         let id = self.next_peer;
         self.next_peer += 1;
         let ufrag = random_token(16);
@@ -501,7 +554,7 @@ impl Sfu {
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .build();
         let mut media_engine = codecs::media_engine().map_err(|e| e.to_string())?;
-        let registry =
+        let (registry, feedback) =
             codecs::interceptors(&mut media_engine, direction).map_err(|e| e.to_string())?;
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
@@ -529,7 +582,12 @@ impl Sfu {
         pc.add_local_candidate(RTCIceCandidateInit::default())
             .map_err(|e| e.to_string())?;
         self.demux.add_ufrag(ufrag, id);
-        Ok((id, pc, tap))
+        Ok(NewPc {
+            id,
+            pc,
+            tap,
+            feedback,
+        })
     }
 
     fn insert_peer(
@@ -588,7 +646,12 @@ impl Sfu {
         let id = match existing {
             Some(id) => id,
             None => match self.new_pc(now, PcKind::Publish) {
-                Ok((id, pc, _)) => {
+                Ok(NewPc {
+                    id,
+                    pc,
+                    tap,
+                    feedback: Some(feedback),
+                }) => {
                     self.insert_peer(
                         id,
                         &participant,
@@ -597,6 +660,8 @@ impl Sfu {
                         Side::Publisher {
                             tracks: HashMap::new(),
                             screen_mid: None,
+                            rx: DirectRx::new(tap),
+                            feedback,
                         },
                         DirectSrtp::Off,
                     );
@@ -604,6 +669,12 @@ impl Sfu {
                         a.publish = Some(id);
                     }
                     id
+                }
+                Ok(NewPc { feedback: None, .. }) => {
+                    return fail(
+                        self,
+                        "no receive interceptors for a publish connection".into(),
+                    )
                 }
                 Err(e) => return fail(self, format!("could not create the connection: {e}")),
             },
@@ -661,7 +732,7 @@ impl Sfu {
         let id = match existing {
             Some(id) => id,
             None => match self.new_pc(now, PcKind::Subscribe) {
-                Ok((id, pc, tap)) => {
+                Ok(NewPc { id, pc, tap, .. }) => {
                     self.insert_peer(
                         id,
                         &participant,

@@ -14,7 +14,6 @@
 //! - [`stats`], [`histogram`]: counters and the latency histogram;
 //! - [`summary`]: Markdown tables from a directory of reports.
 
-pub mod direct_rx;
 pub mod histogram;
 pub mod janus_target;
 pub mod leak;

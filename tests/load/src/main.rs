@@ -87,6 +87,10 @@ struct Cli {
     /// the server's NACK retransmissions must repair). 0: none.
     #[arg(long, default_value_t = 0)]
     downlink_drop_every: u32,
+    /// Publishers drop every Nth outgoing video datagram (emulated uplink loss that the
+    /// server's NACKs and the publishers' retransmissions must repair). 0: none.
+    #[arg(long, default_value_t = 0)]
+    uplink_drop_every: u32,
     /// Where subscribers decrypt received RTP: `direct` (the default since session 9) once
     /// a key tapped from `rtc` authenticates it, skipping `rtc`'s read pipeline and so
     /// taking less CPU from the server under test; `rtc` for everything through `rtc`, as
@@ -280,6 +284,7 @@ async fn real_main(
             plan: MediaPlan {
                 pace_multiplier: (cli.pace_multiplier > 0.0).then_some(cli.pace_multiplier),
                 downlink_drop_every: cli.downlink_drop_every,
+                uplink_drop_every: cli.uplink_drop_every,
                 direct_rx: cli.subscriber_srtp == SubscriberSrtp::Direct,
                 publisher_runtime,
                 ..MediaPlan::default()

@@ -22,7 +22,7 @@ use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_nack, configure_rtcp_reports,
+    configure_nack, configure_rtcp_reports, configure_twcc_sender_only,
 };
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8,
@@ -39,6 +39,9 @@ use rtc::peer_connection::transport::{
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
@@ -52,10 +55,10 @@ use tokio::task::JoinHandle;
 
 use wardlink::media::direct_srtp::KeyTap;
 
-use crate::direct_rx::DirectRx;
 use crate::payload::{self, Clock, RecordInfo, StreamKind, MAGIC};
 use crate::stats::{lock, PublisherCounters, SharedRx, Window};
 use crate::{rxstamp, sockopt};
+use wardlink::media::direct_rx::DirectRx;
 
 /// Payload type we offer for Opus.
 const OPUS_PT: u8 = 111;
@@ -110,6 +113,10 @@ pub struct MediaPlan {
     /// emulated downlink loss that only the server's NACK retransmissions can repair
     /// (0: none).
     pub downlink_drop_every: u32,
+    /// Publishers drop every Nth video RTP datagram on the way out, after SRTP: emulated
+    /// uplink loss that only the server's NACKs (and the publisher's retransmissions) can
+    /// repair (0: none).
+    pub uplink_drop_every: u32,
     /// Subscribers decrypt received RTP outside `rtc`'s read pipeline once a tapped key
     /// authenticates it ([`DirectRx`]): the generator then takes less of the CPU it shares
     /// with the server under test. `false`: everything through `rtc`, as before session 9.
@@ -131,6 +138,7 @@ impl Default for MediaPlan {
             keyframe_every: 75,
             pace_multiplier: Some(DEFAULT_PACE_MULTIPLIER),
             downlink_drop_every: 0,
+            uplink_drop_every: 0,
             direct_rx: true,
             publisher_runtime: None,
         }
@@ -344,6 +352,9 @@ impl Peer {
             RtpCodecKind::Video,
         )?;
         let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut me));
+        // Transport-wide sequence numbers on what publishers send, as browsers do: the
+        // server then runs its TWCC feedback for them, as it would for a browser.
+        let registry = configure_twcc_sender_only(registry, &mut me)?;
         let registry = registry.with(Slot::from(14_000), KeyframeRequestTap::default());
         let tap = KeyTap::new();
         let setting = SettingEngineBuilder::new()
@@ -745,8 +756,38 @@ fn release_paced(
     }
 }
 
-async fn flush(pc: &mut RTCPeerConnection, socket: &UdpSocket) {
+/// Emulated uplink loss ([`MediaPlan::uplink_drop_every`]): a publisher's every Nth
+/// video datagram is not sent. `rtc` has encrypted it and its NACK responder keeps it, so
+/// the server can have it again by asking.
+#[derive(Default)]
+struct UplinkLoss {
+    every: u32,
+    seen: u32,
+    counters: Option<Arc<PublisherCounters>>,
+}
+
+impl UplinkLoss {
+    /// Whether `datagram` is one to lose (retransmissions count too, as on a real link).
+    fn drops(&mut self, datagram: &[u8]) -> bool {
+        if self.every == 0 || !is_video_rtp(datagram) {
+            return false;
+        }
+        self.seen += 1;
+        if !self.seen.is_multiple_of(self.every) {
+            return false;
+        }
+        if let Some(c) = &self.counters {
+            c.uplink_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
+async fn flush(pc: &mut RTCPeerConnection, socket: &UdpSocket, uplink: &mut UplinkLoss) {
     while let Some(msg) = pc.poll_write() {
+        if uplink.drops(&msg.message) {
+            continue;
+        }
         match socket.try_send_to(&msg.message, msg.transport.peer_addr) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -779,12 +820,18 @@ async fn run(
     let mut direct_rx = DirectRx::Off;
     let mut drop_every_video = 0;
     let mut video_seen: u32 = 0;
+    let mut uplink = UplinkLoss::default();
     let (mut sender, rx) = match role {
         Role::Publisher {
             index,
             counters,
             plan,
         } => {
+            uplink = UplinkLoss {
+                every: plan.uplink_drop_every,
+                seen: 0,
+                counters: Some(counters.clone()),
+            };
             let now = Instant::now();
             let delta_bytes = plan.delta_bytes();
             let far = now + Duration::from_secs(86_400);
@@ -850,7 +897,7 @@ async fn run(
     let mut pc_deadline = Instant::now();
     loop {
         if pc_touched {
-            flush(&mut pc, &socket).await;
+            flush(&mut pc, &socket, &mut uplink).await;
             while let Some(event) = pc.poll_event() {
                 if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = event {
                     match s {
@@ -894,7 +941,7 @@ async fn run(
             }
         }
         if closing {
-            flush(&mut pc, &socket).await;
+            flush(&mut pc, &socket, &mut uplink).await;
             return;
         }
         let now = Instant::now();
@@ -921,7 +968,7 @@ async fn run(
                         if let Err(e) = pc.close() {
                             tracing::debug!(%e, "close");
                         }
-                        flush(&mut pc, &socket).await;
+                        flush(&mut pc, &socket, &mut uplink).await;
                         let _ = state.send(PeerState::Closed);
                         return;
                     }
@@ -943,7 +990,7 @@ async fn run(
                                 }
                                 // Each datagram's packets get its own arrival time.
                                 let at = stamp.map_or_else(|| clock.now_ns(), |t| clock.ns_from_realtime(t));
-                                if let Some(payload) = direct_rx.open(&buf[..n]) {
+                                if let Some(payload) = direct_rx.open(&buf[..n]).map(|p| p.payload) {
                                     direct_pending += 1;
                                     batch.push_back((at, payload));
                                     continue;
@@ -998,6 +1045,18 @@ fn drain_reads(
                     let any = p.as_any();
                     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
                 });
+                if let Some(s) = sender.as_deref() {
+                    for p in &packets {
+                        if let Some(kind) = feedback_kind(p.as_ref()) {
+                            s.counters.server_feedback[kind].fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(cc) = p.as_any().downcast_ref::<TransportLayerCc>() {
+                            let [covered, received] = &s.counters.twcc_packets;
+                            covered.fetch_add(u64::from(cc.packet_status_count), Ordering::Relaxed);
+                            received.fetch_add(cc.recv_deltas.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
             }
             _ => {}
         }
@@ -1005,6 +1064,21 @@ fn drain_reads(
     if let (true, Some(s)) = (wants_keyframe, sender) {
         s.keyframe_wanted = true;
         s.counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Which of [`crate::stats::PublisherCounters::server_feedback`] an RTCP packet from the
+/// server counts in: 0 receiver report, 1 TWCC feedback, 2 NACK.
+fn feedback_kind(p: &dyn rtc::rtcp::Packet) -> Option<usize> {
+    let any = p.as_any();
+    if any.is::<ReceiverReport>() {
+        Some(0)
+    } else if any.is::<TransportLayerCc>() {
+        Some(1)
+    } else if any.is::<TransportLayerNack>() {
+        Some(2)
+    } else {
+        None
     }
 }
 
@@ -1033,7 +1107,8 @@ fn read_one(pc: &mut RTCPeerConnection, local: SocketAddr, from: SocketAddr, dat
 }
 
 /// Lets inbound keyframe requests (PLI, FIR) out of the interceptor chain to the task,
-/// which answers them with a keyframe; everything else stays inside `rtc`.
+/// which answers them with a keyframe, and the server's receiver reports, TWCC feedback
+/// and NACKs, which the task counts; everything else stays inside `rtc`.
 #[derive(Default)]
 struct KeyframeRequestTap {
     read: VecDeque<TaggedPacket>,
@@ -1053,7 +1128,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
                 let any = p.as_any();
                 any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
             });
-            if wanted {
+            // The server's feedback is counted too (the interceptors nearer the wire have
+            // acted on it already: the NACK responder has resent).
+            if wanted || packets.iter().any(|p| feedback_kind(p.as_ref()).is_some()) {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }

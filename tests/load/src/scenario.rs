@@ -195,6 +195,21 @@ pub struct ServerMeasure {
     pub rss_per_participant_kib: Option<f64>,
 }
 
+/// RTCP the publishers received from the server about their own streams, whole run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ServerFeedback {
+    /// Receiver reports.
+    pub receiver_reports: u64,
+    /// Transport-wide congestion control feedback.
+    pub twcc: u64,
+    /// Generic NACKs.
+    pub nacks: u64,
+    /// Packets the TWCC feedback covered.
+    pub twcc_covered: u64,
+    /// Of those, packets it reported received.
+    pub twcc_received: u64,
+}
+
 /// The report of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -242,6 +257,13 @@ pub struct Report {
     /// ([`crate::peer::MediaPlan::downlink_drop_every`]); each had to come back as a
     /// retransmission not to count as lost.
     pub downlink_dropped: u64,
+    /// Video datagrams the publishers did not send, to emulate uplink loss
+    /// ([`crate::peer::MediaPlan::uplink_drop_every`]); each had to be asked for by the
+    /// server (NACK) and sent again not to count as lost.
+    pub uplink_dropped: u64,
+    /// RTCP packets the publishers received from the server about their own streams:
+    /// receiver reports, TWCC feedback and NACKs (the server's receive-side interceptors).
+    pub server_feedback: ServerFeedback,
     /// Payloads that failed verification.
     pub corrupt: u64,
     /// Packets from a publisher the subscriber should not receive (misrouting).
@@ -264,7 +286,7 @@ pub struct Report {
     /// ([`crate::publisher_thread`]); absent in reports from before session 15 (`false`).
     pub publisher_thread: bool,
     /// Where subscribers were asked to decrypt RTP: `direct` or `rtc`
-    /// ([`crate::direct_rx`]).
+    /// ([`wardlink::media::direct_rx`]).
     pub subscriber_srtp: String,
     /// Received RTP packets that subscribers decrypted outside `rtc`, % of all received.
     pub subscriber_direct_pct: f64,
@@ -590,11 +612,28 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
     let mut lag = Histogram::default();
     let mut send_errors = 0;
     let mut keyframe_requests = 0;
+    let mut uplink_dropped = 0;
+    let mut feedback = [0u64; 3];
+    let mut twcc = [0u64; 2];
     for c in &pub_counters {
         lag.merge(&lock(&c.lag_us));
         send_errors += c.send_errors.load(Ordering::Relaxed);
         keyframe_requests += c.keyframe_requests.load(Ordering::Relaxed);
+        uplink_dropped += c.uplink_dropped.load(Ordering::Relaxed);
+        for (sum, n) in feedback.iter_mut().zip(&c.server_feedback) {
+            *sum += n.load(Ordering::Relaxed);
+        }
+        for (sum, n) in twcc.iter_mut().zip(&c.twcc_packets) {
+            *sum += n.load(Ordering::Relaxed);
+        }
     }
+    let server_feedback = ServerFeedback {
+        receiver_reports: feedback[0],
+        twcc: feedback[1],
+        nacks: feedback[2],
+        twcc_covered: twcc[0],
+        twcc_received: twcc[1],
+    };
 
     // Everyone leaves.
     let _ = stop_tx.send(true);
@@ -687,6 +726,8 @@ pub async fn run(target: Target, cfg: ScenarioConfig) -> anyhow::Result<Report> 
         duplicates,
         reordered,
         downlink_dropped,
+        uplink_dropped,
+        server_feedback,
         corrupt,
         unexpected_packets: unexpected,
         forwarded_pps: round(received_packets as f64 / window_s, 1),
@@ -783,6 +824,20 @@ pub fn print_table(r: &Report) {
         r.reordered,
         r.corrupt,
         r.unexpected_packets
+    );
+    if r.uplink_dropped > 0 {
+        println!(
+            "  emulated uplink loss: {} video datagrams not sent by the publishers (recovered only by the server's NACKs)",
+            r.uplink_dropped
+        );
+    }
+    println!(
+        "  server feedback to publishers (RTCP packets): receiver reports {}, TWCC {} (covering {} packets, {} received), NACK {}",
+        r.server_feedback.receiver_reports,
+        r.server_feedback.twcc,
+        r.server_feedback.twcc_covered,
+        r.server_feedback.twcc_received,
+        r.server_feedback.nacks
     );
     if r.downlink_dropped > 0 {
         println!(

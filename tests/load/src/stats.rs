@@ -74,6 +74,13 @@ pub struct PublisherCounters {
     pub send_errors: AtomicU64,
     /// Keyframe requests (PLI/FIR) received from the server.
     pub keyframe_requests: AtomicU64,
+    /// The server's receive-side feedback on this publisher's streams, RTCP packets of each
+    /// kind: [receiver reports, TWCC feedback, NACKs].
+    pub server_feedback: [AtomicU64; 3],
+    /// Over the TWCC feedback received: packets it covers, and those it reports received.
+    pub twcc_packets: [AtomicU64; 2],
+    /// Video datagrams dropped on the way out (`MediaPlan::uplink_drop_every`).
+    pub uplink_dropped: AtomicU64,
     /// How late the generator sent packets versus their schedule, µs (generator health).
     pub lag_us: Mutex<Histogram>,
     /// Video packets waiting in the publisher's pacer after its last send. A generator
@@ -161,7 +168,7 @@ pub struct RxStats {
     pub packets: u64,
     /// Video datagrams dropped on arrival, before SRTP (emulated downlink loss).
     pub dropped: u64,
-    /// RTP packets decrypted outside `rtc` ([`crate::direct_rx::DirectRx`]).
+    /// RTP packets decrypted outside `rtc` ([`wardlink::media::direct_rx::DirectRx`]).
     pub direct: u64,
 }
 
