@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use rtc::crypto::providers::RingCrypto;
-use rtc::rtp::Packet;
+use rtc::rtp::{Header, Packet};
 use rtc::shared::marshal::Unmarshal;
 use rtc::srtp::context::Context;
 use rtc::srtp::option::srtp_replay_protection;
@@ -140,11 +140,32 @@ fn is_rtp(datagram: &[u8]) -> bool {
     datagram.len() >= 12 && is_rtp_or_rtcp(datagram) && !(192..=223).contains(&datagram[1])
 }
 
-/// Decrypts and authenticates one SRTP packet and parses it (padding removed).
+/// Decrypts and authenticates one SRTP packet and parses it (padding removed). The header
+/// is read once, from the clear text, and the payload is a view of the decrypted buffer,
+/// not a copy: `Context::decrypt_rtp` followed by `Packet::unmarshal` parsed the header
+/// twice and copied the payload.
 fn packet_of(context: &mut Context, datagram: &[u8]) -> Option<Packet> {
-    let plain = context.decrypt_rtp(datagram).ok()?;
-    let mut buf = &plain[..];
-    Packet::unmarshal(&mut buf).ok()
+    let mut rest = datagram;
+    let header = Header::unmarshal(&mut rest).ok()?;
+    let header_len = datagram.len() - rest.len();
+    let plain = context
+        .decrypt_rtp_with_header(datagram, &header)
+        .ok()?
+        .freeze();
+    let mut end = plain.len();
+    if header.padding {
+        // RFC 3550 §5.1: the last octet counts the padding, itself included.
+        let padding = usize::from(*plain.last()?);
+        if padding == 0 || header_len + padding > end {
+            return None;
+        }
+        end -= padding;
+    }
+    if header_len > end {
+        return None;
+    }
+    let payload = plain.slice(header_len..end);
+    Some(Packet { header, payload })
 }
 
 #[cfg(test)]
@@ -289,5 +310,24 @@ mod tests {
         let wire = new.encrypt_rtp(&rtp(7, 100, &[3; 100])).unwrap();
         let packet = rx.open(&wire).expect("the new key is proven");
         assert_eq!(&packet.payload[..], &[3; 100][..]);
+    }
+
+    #[test]
+    fn padding_is_removed_and_a_bad_padding_count_refused() {
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        let (tap, mut server) = connection(profile);
+        let mut rx = DirectRx::new(tap);
+        let mut padded = rtp(7, 1, &[5; 40]);
+        padded[0] |= 0x20; // P bit
+        padded.extend_from_slice(&[0, 0, 3]); // three octets of padding, the count last
+        let wire = server.encrypt_rtp(&padded).unwrap();
+        let packet = rx.open(&wire).expect("opened");
+        assert_eq!(&packet.payload[..], &[5; 40][..]);
+        assert_eq!(packet.header.sequence_number, 1);
+        let mut bad = rtp(7, 2, &[5; 4]);
+        bad[0] |= 0x20;
+        bad.push(200); // more padding than the packet has
+        let wire = server.encrypt_rtp(&bad).unwrap();
+        assert!(rx.open(&wire).is_none());
     }
 }

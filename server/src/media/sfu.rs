@@ -139,8 +139,9 @@ struct Leg {
 
 enum Side {
     Publisher {
-        /// Keyed by the `rtc` track id that RTP arrives with.
-        tracks: HashMap<String, InboundTrack>,
+        /// Keyed by the `rtc` track id that RTP arrives with. Shared, so that the direct
+        /// read path can name a packet's track without allocating.
+        tracks: HashMap<Arc<str>, InboundTrack>,
         /// The media section the client declared as its screen share.
         screen_mid: Option<String>,
         /// Decrypts the client's RTP outside `rtc` once a tapped key is proven.
@@ -1117,7 +1118,7 @@ impl Sfu {
                                 };
                                 if let Some(codec) = track.codec(init.ssrc).cloned() {
                                     tracks.insert(
-                                        init.track_id.clone(),
+                                        Arc::from(init.track_id.as_str()),
                                         InboundTrack {
                                             kind,
                                             receiver_id: init.receiver_id,
