@@ -131,6 +131,13 @@ test('three people confer in Chromium; the surveyor leaves and rejoins', { timeo
       'every subscriber connection is on the direct SRTP path',
     );
     assert.equal(server.count("stays on rtc's SRTP path"), 0, 'no connection fell back to rtc');
+    // And it was read outside rtc too (server/src/media/direct_rx.rs): each of the three
+    // publish connections proved Chromium's SRTP key on a real packet.
+    assert.ok(
+      server.count('received RTP is decrypted outside rtc') >= 3,
+      'every publish connection is on the direct read path',
+    );
+    assert.equal(server.count('received RTP stays on rtc'), 0, 'no publish connection fell back to rtc');
     // The sender reports are the SFU's own too (rtc's interceptor never sees direct-path
     // packets): Chromium accepted them for every stream, with counts and a wall-clock time
     // that make sense (same machine, so within a few seconds of the page's clock).
