@@ -390,7 +390,12 @@ impl Sfu {
         let Some(id) = self.demux.route(from, payload) else {
             return;
         };
-        let local_addr = self.config.advertised;
+        let transport = TransportContext {
+            local_addr: self.config.advertised,
+            peer_addr: from,
+            ecn: None,
+            transport_protocol: TransportProtocol::UDP,
+        };
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
@@ -413,12 +418,6 @@ impl Sfu {
                     .map(|(track_id, _)| (track_id.clone(), packet))
             });
             if let Some((track_id, packet)) = opened {
-                let transport = TransportContext {
-                    local_addr,
-                    peer_addr: from,
-                    ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
-                };
                 let Some(packet) = feedback.read(now, transport, packet) else {
                     return;
                 };
@@ -435,12 +434,7 @@ impl Sfu {
         }
         let result = peer.pc.handle_read(TaggedBytesMut {
             now,
-            transport: TransportContext {
-                local_addr,
-                peer_addr: from,
-                ecn: None,
-                transport_protocol: TransportProtocol::UDP,
-            },
+            transport,
             message: BytesMut::from(payload),
         });
         if let Err(err) = result {
